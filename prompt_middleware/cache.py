@@ -1,0 +1,375 @@
+"""`CachedRegistry`: a bounded TTL cache in front of a prompt registry.
+
+- A fresh entry is served with no I/O and no await.
+- Concurrent misses on one key share one registry call (single-flight).
+- An entry older than `ttl` is served at once while one background refresh runs
+  (stale-while-revalidate); while the registry fails it keeps being served, for up to `max_stale`
+  seconds past its expiry (stale-if-error).
+- Not-found answers are remembered for `negative_ttl`.
+
+Registry calls never run in a request's task: each runs in a background task that requests wait
+on, so a cancelled request only stops waiting. The task goes into the task group given to
+`set_task_group` (the middleware passes one during ASGI lifespan); without one it is a trio system
+task or an asyncio task the cache keeps a reference to, so refreshes work without lifespan too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+from cachetools import LRUCache
+
+from .errors import PromptMiddlewareError, PromptNotFound, RegistryUnavailable
+from .prompts import DEFAULT_LABEL, Prompt, PromptRef
+from .registries.base import PromptRegistry
+
+__all__ = ["DEFAULT_MAX_STALE", "CacheStats", "CachedRegistry"]
+
+logger = logging.getLogger("prompt_middleware.cache")
+
+DEFAULT_MAX_STALE = 24 * 3600.0
+"""Seconds past `ttl` a stale entry may still be served, while refreshed or failing: 24 h."""
+
+_Key = tuple[str, str, int | None, str | None]  # tenant, name, version, effective label
+_Job = Callable[[], Coroutine[Any, Any, None]]
+_TASK_NAME = "prompt_middleware.cache fetch"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters since the cache was created, and its current size.
+
+    Every `get_prompt` call counts as exactly one of `hits`, `stale_served` and `misses`.
+
+    Attributes:
+        hits: calls answered from a fresh entry (a prompt or a remembered not-found), no I/O.
+        misses: calls that waited for a registry call (started one or joined one in flight).
+        stale_served: calls answered at once with an entry older than `ttl`.
+        refreshes: background refreshes started for stale entries.
+        fetches: registry calls made (refreshes included; waiters sharing one count once).
+        fetch_errors: registry calls that failed or timed out (not-found is not an error).
+        not_found: registry calls that answered `PromptNotFound`.
+        evictions: entries dropped to stay within `max_size`, least recently used first.
+        entries: entries held now, prompts and remembered not-founds alike.
+    """
+
+    hits: int
+    misses: int
+    stale_served: int
+    refreshes: int
+    fetches: int
+    fetch_errors: int
+    not_found: int
+    evictions: int
+    entries: int
+
+
+class _Entry:
+    __slots__ = ("fresh_until", "retry_at", "stale_until", "value")
+
+    def __init__(
+        self, value: Prompt | PromptNotFound, fresh_until: float, stale_until: float
+    ) -> None:
+        self.value = value
+        self.fresh_until = fresh_until
+        self.stale_until = stale_until
+        self.retry_at = -math.inf  # no refresh before this; set after a failed refresh
+
+
+class _Flight:
+    """One registry call in progress; requests wait on `done`, then read `result`."""
+
+    __slots__ = ("discarded", "done", "result", "scope", "traceback")
+
+    def __init__(self, key: _Key) -> None:
+        self.done = anyio.Event()
+        self.scope = anyio.CancelScope()
+        self.discarded = False  # invalidated while in flight: the result is not stored
+        self.result: Prompt | Exception = RegistryUnavailable(
+            f"Fetching {_ref(key)} was cancelled."
+        )
+        self.traceback: TracebackType | None = None
+
+    def settle(self, result: Prompt | Exception) -> None:
+        self.result = result
+        if isinstance(result, Exception):
+            self.traceback = result.__traceback__
+
+
+class _LRU(LRUCache[_Key, _Entry]):
+    evictions = 0
+
+    def popitem(self) -> tuple[_Key, _Entry]:  # called only when full
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+class CachedRegistry:
+    """A `PromptRegistry` that caches another one. See the module docstring for the behaviour.
+
+    Args:
+        registry: the registry to cache (public as `.registry`).
+        ttl: seconds an entry is fresh; after that it is served stale while it is refreshed.
+        max_size: most entries held (prompts and not-founds); least recently used go first.
+        negative_ttl: seconds a not-found answer is remembered, and the pause before retrying a
+            failed background refresh. 0 disables both.
+        max_stale: seconds past `ttl` an entry may still be served (default 24 h); after that
+            a request waits for the registry like a miss. None: no limit.
+        fetch_timeout: seconds a registry call may take before it counts as failed. None: none.
+        clock: monotonic clock in seconds, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        registry: PromptRegistry,
+        *,
+        ttl: float = 60.0,
+        max_size: int = 1024,
+        negative_ttl: float = 5.0,
+        max_stale: float | None = DEFAULT_MAX_STALE,
+        fetch_timeout: float | None = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl < 0 or negative_ttl < 0 or (max_stale is not None and max_stale < 0):
+            raise ValueError("ttl, negative_ttl and max_stale must not be negative")
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        if fetch_timeout is not None and fetch_timeout <= 0:
+            raise ValueError("fetch_timeout must be positive or None")
+        self.registry = registry
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_stale = math.inf if max_stale is None else max_stale
+        self._fetch_timeout = fetch_timeout
+        self._clock = clock
+        self._entries = _LRU(max_size)
+        self._inflight: dict[_Key, _Flight] = {}
+        self._running: set[_Flight] = set()
+        self._failing: LRUCache[_Key, None] = LRUCache(max_size)  # keys in a failure streak
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._hits = self._misses = self._stale_served = self._refreshes = 0
+        self._fetches = self._fetch_errors = self._not_found = 0
+
+    async def get_prompt(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        tenant: str = "",
+        registry: PromptRegistry | None = None,
+    ) -> Prompt:
+        """The prompt, from the cache when possible; `registry` overrides `self.registry`."""
+        key = (tenant, name, version, DEFAULT_LABEL if version is None and label is None else label)
+        try:
+            entry = self._entries[key]
+        except KeyError:
+            pass
+        else:
+            now = self._clock()
+            if now < entry.fresh_until:
+                self._hits += 1
+                if isinstance(entry.value, Prompt):
+                    return entry.value
+                raise entry.value.with_traceback(None)
+            if isinstance(entry.value, Prompt) and now < entry.stale_until:
+                self._stale_served += 1
+                if now >= entry.retry_at and key not in self._inflight:
+                    self._refreshes += 1
+                    self._start_fetch(key, self.registry if registry is None else registry)
+                return entry.value
+        self._misses += 1
+        flight = self._inflight.get(key) or self._start_fetch(
+            key, self.registry if registry is None else registry
+        )
+        await flight.done.wait()
+        if isinstance(flight.result, Prompt):
+            return flight.result
+        raise flight.result.with_traceback(flight.traceback)
+
+    def set_task_group(self, task_group: anyio.abc.TaskGroup | None) -> None:
+        """Start registry calls in `task_group` from now on; None: in detached tasks."""
+        self._task_group = task_group
+
+    async def aclose(self) -> None:
+        """Cancel registry calls in progress, then close the wrapped registry if it can be."""
+        self._task_group = None
+        running = list(self._running)
+        for flight in running:
+            flight.scope.cancel()
+        for flight in running:
+            await flight.done.wait()
+        close = getattr(self.registry, "aclose", None)
+        if close is not None:
+            await close()
+
+    def invalidate(self, name: str | None = None, *, tenant: str | None = None) -> None:
+        """Drop the entries of prompt `name` (exact), or all of them; only `tenant`'s if given.
+
+        Registry calls in progress for those entries still answer their waiters, but their
+        results are not stored.
+        """
+
+        def matches(key: _Key) -> bool:
+            return (tenant is None or key[0] == tenant) and (name is None or key[1] == name)
+
+        for key in [k for k in self._entries if matches(k)]:
+            del self._entries[key]
+        for key in [k for k in self._inflight if matches(k)]:
+            self._inflight.pop(key).discarded = True
+
+    @property
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            hits=self._hits,
+            misses=self._misses,
+            stale_served=self._stale_served,
+            refreshes=self._refreshes,
+            fetches=self._fetches,
+            fetch_errors=self._fetch_errors,
+            not_found=self._not_found,
+            evictions=self._entries.evictions,
+            entries=len(self._entries),
+        )
+
+    def _start_fetch(self, key: _Key, registry: PromptRegistry) -> _Flight:
+        flight = _Flight(key)
+        # Registered before spawning: an eager task factory may finish the job right away.
+        self._inflight[key] = flight
+        self._running.add(flight)
+        job = partial(self._fetch, key, registry, flight)
+        try:
+            if self._task_group is not None:
+                try:
+                    self._task_group.start_soon(job, name=_TASK_NAME)
+                    return flight
+                except RuntimeError:  # the task group has closed (lifespan is over)
+                    self._task_group = None
+            task = _spawn_detached(job, self._tasks)
+        except BaseException:
+            self._finish(key, flight)
+            raise
+        if task is not None:  # an asyncio task cancelled before it starts never runs `_fetch`
+            task.add_done_callback(lambda _: self._finish(key, flight))
+        return flight
+
+    async def _fetch(self, key: _Key, registry: PromptRegistry, flight: _Flight) -> None:
+        """Call the registry and record the outcome; never raises except to cancel."""
+        _, name, version, label = key
+        self._fetches += 1
+        try:
+            with flight.scope:
+                try:
+                    with anyio.fail_after(self._fetch_timeout):
+                        prompt = await registry.get_prompt(name, version=version, label=label)
+                except PromptNotFound as exc:
+                    self._not_found += 1
+                    self._store_not_found(key, flight, exc)
+                except Exception as exc:
+                    self._fetch_errors += 1
+                    self._record_failure(key, flight, exc)
+                else:
+                    self._store(key, flight, prompt)
+        finally:
+            self._finish(key, flight)
+
+    def _finish(self, key: _Key, flight: _Flight) -> None:
+        self._running.discard(flight)
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
+        flight.done.set()
+
+    def _store(self, key: _Key, flight: _Flight, prompt: Prompt) -> None:
+        flight.settle(prompt)
+        self._end_streak(key)
+        if not flight.discarded:
+            expires = self._clock() + self._ttl
+            self._entries[key] = _Entry(prompt, expires, expires + self._max_stale)
+
+    def _store_not_found(self, key: _Key, flight: _Flight, exc: PromptNotFound) -> None:
+        flight.settle(exc)
+        self._end_streak(key)
+        if flight.discarded:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None and isinstance(old.value, Prompt):
+            logger.info("Dropped %s from the cache: the registry no longer has it", _ref(key))
+        if self._negative_ttl > 0:
+            expires = self._clock() + self._negative_ttl
+            self._entries[key] = _Entry(exc, expires, expires)
+
+    def _record_failure(self, key: _Key, flight: _Flight, exc: Exception) -> None:
+        ref = _ref(key)
+        if isinstance(exc, PromptMiddlewareError):
+            flight.settle(exc)
+            reason = f"{type(exc).__name__}: {exc.message}"
+        elif isinstance(exc, TimeoutError):
+            reason = f"no answer within {self._fetch_timeout} s"
+            flight.settle(RegistryUnavailable(f"The prompt registry timed out fetching {ref}."))
+        else:  # the message names only the exception class: its text may hold secrets
+            reason = type(exc).__name__
+            message = f"The prompt registry failed fetching {ref} ({reason})."
+            flight.settle(RegistryUnavailable(message))
+        now = self._clock()
+        entry = None if flight.discarded else self._entries.get(key)
+        servable = entry is not None and isinstance(entry.value, Prompt) and now < entry.stale_until
+        if entry is not None and servable:  # retry later: do not hammer a failing registry
+            entry.retry_at = now + self._negative_ttl
+        if key in self._failing:  # logged when the streak began
+            logger.debug("Prompt registry still failing for %s (%s)", ref, reason)
+            return
+        self._failing[key] = None
+        unexpected = None if isinstance(exc, PromptMiddlewareError | TimeoutError) else exc
+        if servable:
+            logger.warning(
+                "Serving a stale copy of %s: registry failed (%s)",
+                ref,
+                reason,
+                exc_info=unexpected,
+            )
+        else:
+            level = logging.WARNING if unexpected is None else logging.ERROR
+            logger.log(level, "Could not fetch %s (%s)", ref, reason, exc_info=unexpected)
+
+    def _end_streak(self, key: _Key) -> None:
+        if key in self._failing:
+            del self._failing[key]
+            logger.info("Prompt registry answers again for %s", _ref(key))
+
+
+def _ref(key: _Key) -> str:
+    return f"prompt {PromptRef(key[1], key[2], key[3])}"
+
+
+def _spawn_detached(job: _Job, tasks: set[asyncio.Task[None]]) -> asyncio.Task[None] | None:
+    """Run `job` outside any request's task: a trio system task, else an asyncio task.
+
+    The asyncio task is kept in `tasks` until it ends (the loop holds only a weak reference) and
+    returned. Jobs catch their own errors, so neither kind can crash the event loop.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:  # trio is imported but not running here
+            pass
+        else:
+            trio.lowlevel.spawn_system_task(job, name=_TASK_NAME)
+            return None
+    task = asyncio.get_running_loop().create_task(job(), name=_TASK_NAME)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task

@@ -1,0 +1,143 @@
+"""Exception types and the OpenAI-shaped error responses they become."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import ClassVar
+
+from starlette.types import Send
+
+__all__ = [
+    "InvalidPrompt",
+    "InvalidPromptRequest",
+    "InvalidPromptVariables",
+    "MissingVariables",
+    "PromptMiddlewareError",
+    "PromptNotFound",
+    "RegistryAuthError",
+    "RegistryUnavailable",
+    "RequestCredentialsDisabled",
+    "RequestTooLarge",
+    "error_body",
+    "send_error",
+]
+
+
+class PromptMiddlewareError(Exception):
+    """Base of every error this library raises; knows how to answer as OpenAI does."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "prompt_middleware_error"
+    error_type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_dict(self) -> dict[str, dict[str, str | None]]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidPromptRequest(PromptMiddlewareError):
+    """A prompt field of the request body has the wrong type or value."""
+
+    status_code = 400
+    code = "invalid_prompt_request"
+    error_type = "invalid_request_error"
+
+
+class MissingVariables(InvalidPromptRequest):
+    """`strict_variables` is on and the request left variables or placeholders unfilled."""
+
+    code = "missing_prompt_variables"
+
+    def __init__(
+        self,
+        prompt_name: str,
+        variables: Iterable[str] = (),
+        placeholders: Iterable[str] = (),
+    ) -> None:
+        self.variables = tuple(variables)
+        self.placeholders = tuple(placeholders)
+        parts = []
+        if self.variables:
+            parts.append("variables " + ", ".join(repr(v) for v in self.variables))
+        if self.placeholders:
+            parts.append("placeholders " + ", ".join(repr(p) for p in self.placeholders))
+        super().__init__(
+            f"Prompt {prompt_name!r} needs {' and '.join(parts)}, missing from prompt_variables.",
+            param="prompt_variables",
+        )
+
+
+class InvalidPromptVariables(InvalidPromptRequest):
+    """A variable value cannot be used where the prompt puts it (e.g. a placeholder not a list)."""
+
+    code = "invalid_prompt_variables"
+
+
+class RequestCredentialsDisabled(InvalidPromptRequest):
+    """The body carries registry credentials but the middleware does not accept them."""
+
+    code = "request_credentials_disabled"
+
+
+class RequestTooLarge(PromptMiddlewareError):
+    status_code = 413
+    code = "request_too_large"
+    error_type = "invalid_request_error"
+
+
+class PromptNotFound(PromptMiddlewareError):
+    """The registry has no prompt with that name, version or label."""
+
+    status_code = 404
+    code = "prompt_not_found"
+    error_type = "invalid_request_error"
+
+
+class RegistryUnavailable(PromptMiddlewareError):
+    """The registry failed or timed out and no cached copy could be served."""
+
+    status_code = 503
+    code = "prompt_registry_unavailable"
+    error_type = "server_error"
+
+
+class RegistryAuthError(RegistryUnavailable):
+    """The registry refused the credentials (HTTP 401/403): a configuration error, not a miss."""
+
+    status_code = 502
+    code = "prompt_registry_auth_failed"
+
+
+class InvalidPrompt(PromptMiddlewareError):
+    """The registry returned a prompt this library cannot use (wrong types, unknown kind)."""
+
+    status_code = 502
+    code = "invalid_prompt"
+    error_type = "server_error"
+
+
+def error_body(
+    message: str, error_type: str, param: str | None, code: str
+) -> dict[str, dict[str, str | None]]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+async def send_error(send: Send, error: PromptMiddlewareError) -> None:
+    """Answer a request with `error`; the caller guarantees no response has started."""
+    body = json.dumps(error.to_dict(), ensure_ascii=False).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,273 @@
+"""PromptMiddleware: the pure-ASGI layer that turns prompt references into messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .cache import CachedRegistry
+from .errors import PromptMiddlewareError, RequestTooLarge, send_error
+from .prompts import Prompt
+from .registries.base import PromptRegistry
+from .request import (
+    ClientMessages,
+    ModelPrompt,
+    PromptRequest,
+    RewriteOptions,
+    build_chat_body,
+    build_responses_body,
+    parse_json_object,
+    read_prompt_request,
+)
+
+__all__ = ["PromptMiddleware"]
+
+logger = logging.getLogger("prompt_middleware")
+
+DEFAULT_SUFFIXES = ("/chat/completions", "/responses")
+RESPONSES_SUFFIX = "/responses"
+# Byte strings whose absence proves a UTF-8 JSON body references no prompt and carries no
+# credentials (an escaped key like "\u0070rompt_id" contains a backslash-u).
+_MARKERS = (b"prompt", b"langfuse_", b"\\u")
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+class PromptMiddleware:
+    """Rewrites OpenAI-style requests that reference a managed prompt; passes the rest on.
+
+    See the README for every option. `registry` is wrapped in a `CachedRegistry` unless
+    `cache_ttl` is 0 or it already is one.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        registry: PromptRegistry,
+        *,
+        cache_ttl: float = 60.0,
+        paths: Iterable[str] | None = None,
+        max_body_size: int = 10 * 2**20,
+        strict_variables: bool = False,
+        client_messages: ClientMessages = "replace",
+        text_role: str = "user",
+        model_prompts: Mapping[str, ModelPrompt | Mapping[str, Any]] | None = None,
+        allow_request_credentials: bool = False,
+        allowed_langfuse_hosts: Collection[str] | None = None,
+    ) -> None:
+        if client_messages not in ("replace", "append"):
+            raise ValueError("client_messages must be 'replace' or 'append'")
+        if max_body_size <= 0:
+            raise ValueError("max_body_size must be positive")
+        self.app = app
+        if cache_ttl > 0 and not isinstance(registry, CachedRegistry):
+            registry = CachedRegistry(registry, ttl=cache_ttl)
+        self.registry = registry
+        self._cache = registry if isinstance(registry, CachedRegistry) else None
+        self._paths = frozenset(paths) if paths is not None else None
+        self.max_body_size = max_body_size
+        self.options = RewriteOptions(strict_variables, client_messages, text_role)
+        self.model_prompts = {
+            alias: ModelPrompt.coerce(alias, value)
+            for alias, value in (model_prompts or {}).items()
+        }
+        self._markers = _MARKERS + tuple(alias.encode() for alias in self.model_prompts)
+        self.allow_request_credentials = allow_request_credentials
+        self._tenants = (
+            _tenant_pool(registry, allowed_langfuse_hosts) if allow_request_credentials else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
+            await self._handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _matches(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        if self._paths is None:
+            return path.endswith(DEFAULT_SUFFIXES)
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        return path in self._paths
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] = list(scope["headers"])
+        if _is_encoded(headers):
+            # Compressed request bodies are forwarded as they are; see the README.
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._read_body(headers, receive)
+        except RequestTooLarge as exc:
+            await send_error(send, exc)
+            return
+        if body is None:  # the client left before the body was complete
+            return
+
+        rewritten: tuple[bytes, Prompt] | None = None
+        if any(marker in body for marker in self._markers):
+            try:
+                rewritten = await self._rewrite(body, scope["path"].endswith(RESPONSES_SUFFIX))
+            except PromptMiddlewareError as exc:
+                await send_error(send, exc)
+                return
+            except Exception:
+                logger.exception("unexpected error while resolving a prompt")
+                await send_error(
+                    send, PromptMiddlewareError("Internal error resolving the prompt.")
+                )
+                return
+
+        if rewritten is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        new_body, prompt = rewritten
+        inner_scope = dict(scope)
+        inner_scope["headers"] = [
+            *(h for h in headers if h[0].lower() not in _BODY_HEADERS),
+            (b"content-length", str(len(new_body)).encode("ascii")),
+        ]
+        state = scope.get("state")
+        inner_scope["state"] = state = {} if state is None else state
+        state["prompt"] = prompt
+        await self.app(inner_scope, _replay(new_body, receive), _with_prompt_headers(send, prompt))
+
+    async def _read_body(
+        self, headers: list[tuple[bytes, bytes]], receive: Receive
+    ) -> bytes | None:
+        limit = self.max_body_size
+        for name, value in headers:
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _rewrite(self, body: bytes, responses: bool) -> tuple[bytes, Prompt] | None:
+        data = parse_json_object(body)
+        if data is None:
+            return None
+        request = read_prompt_request(
+            data, self.model_prompts, allow_credentials=self.allow_request_credentials
+        )
+        if request is None:
+            return None
+        prompt = await self._fetch(request)
+        build = build_responses_body if responses else build_chat_body
+        return build(data, request, prompt, self.options), prompt
+
+    async def _fetch(self, request: PromptRequest) -> Prompt:
+        ref = request.ref
+        tenant, registry = "", None
+        if request.credentials is not None and self._tenants is not None:
+            creds = request.credentials
+            tenant, registry = self._tenants.resolve(creds.public_key, creds.secret_key, creds.host)
+        if self._cache is not None:
+            return await self._cache.get_prompt(
+                ref.name, version=ref.version, label=ref.label, tenant=tenant, registry=registry
+            )
+        source = registry if registry is not None else self.registry
+        return await source.get_prompt(ref.name, version=ref.version, label=ref.label)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass lifespan through; meanwhile own a task group for the cache's refreshes."""
+        if self._cache is None:
+            await self.app(scope, receive, self._closing_send(send))
+            return
+        error: Exception | None = None
+        async with anyio.create_task_group() as task_group:
+            self._cache.set_task_group(task_group)
+            try:
+                await self.app(scope, receive, self._closing_send(send))
+            except Exception as exc:
+                # Re-raised below, so the server sees the app's own exception rather than a
+                # task-group ExceptionGroup wrapping it.
+                error = exc
+            finally:
+                self._cache.set_task_group(None)
+                task_group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    def _closing_send(self, send: Send) -> Send:
+        async def send_and_close(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.aclose()
+            await send(message)
+
+        return send_and_close
+
+    async def aclose(self) -> None:
+        """Release what the middleware owns: the cache's background work, registry clients."""
+        if self._tenants is not None:
+            await self._tenants.aclose()
+        closer = getattr(self.registry, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand out the buffered body once; later calls wait on the server (disconnect detection)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
+    extra = [
+        (b"x-prompt-name", quote(prompt.name, safe="/ -_.~:@").encode("ascii")),
+        (b"x-prompt-version", str(prompt.version).encode("ascii")),
+    ]
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return send_with_headers
+
+
+def _is_encoded(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+        for name, value in headers
+    )
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
+
+
+def _tenant_pool(registry: PromptRegistry, allowed_hosts: Collection[str] | None) -> Any:
+    from .registries.langfuse import LangfuseRegistry, LangfuseTenants
+
+    base = registry.registry if isinstance(registry, CachedRegistry) else registry
+    if not isinstance(base, LangfuseRegistry):
+        raise TypeError("allow_request_credentials=True needs a LangfuseRegistry")
+    return LangfuseTenants(base, allowed_hosts=allowed_hosts)

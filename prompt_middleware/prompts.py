@@ -1,0 +1,244 @@
+"""Prompts, references to them, and compiling a prompt to chat messages.
+
+Template rules are the Langfuse Python SDK's, to the letter: `{{` opens a variable, the first `}}`
+after it closes it, the name is the text between with surrounding whitespace stripped. A known name
+is replaced by its value (`None` -> "", anything else -> `str()`), an unknown one stays as written,
+and inserted text is never scanned again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import InvalidPrompt, InvalidPromptVariables
+
+__all__ = [
+    "DEFAULT_LABEL",
+    "CompiledPrompt",
+    "Prompt",
+    "PromptRef",
+    "PromptType",
+    "compile_template",
+]
+
+PromptType = Literal["text", "chat"]
+DEFAULT_LABEL = "production"
+
+_OPEN = "{{"
+_CLOSE = "}}"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRef:
+    """Which prompt a request asks for. With neither version nor label, the `production` label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    @property
+    def effective_label(self) -> str | None:
+        if self.version is None and self.label is None:
+            return DEFAULT_LABEL
+        return self.label
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name!r} version {self.version}"
+        return f"{self.name!r} label {self.effective_label!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPrompt:
+    """The result of compiling: messages plus what the variables did not fill.
+
+    `placeholders` lists unfilled placeholders as (index, name): the index in `messages` where the
+    placeholder's messages would be inserted.
+    """
+
+    messages: list[dict[str, Any]]
+    missing_variables: tuple[str, ...] = ()
+    placeholders: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class Prompt:
+    """One version of a managed prompt, shaped like Langfuse's prompt object.
+
+    `prompt` is the template text for a text prompt, or for a chat prompt a sequence of
+    `{"role", "content"}` messages and `{"type": "placeholder", "name"}` entries.
+    """
+
+    name: str
+    version: int
+    type: PromptType
+    prompt: str | tuple[Mapping[str, Any], ...]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        what = f"prompt {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidPrompt(f"{what}: name must be a non-empty string")
+        if isinstance(self.version, bool) or not isinstance(self.version, int):
+            raise InvalidPrompt(f"{what}: version must be an integer")
+        if self.type == "text":
+            if not isinstance(self.prompt, str):
+                raise InvalidPrompt(f"{what}: a text prompt must be a string")
+        elif self.type == "chat":
+            if isinstance(self.prompt, str | bytes) or not isinstance(self.prompt, Sequence):
+                raise InvalidPrompt(f"{what}: a chat prompt must be a list of messages")
+            object.__setattr__(
+                self, "prompt", tuple(_check_chat_entry(what, m) for m in self.prompt)
+            )
+        else:
+            raise InvalidPrompt(f"{what}: type must be 'text' or 'chat', got {self.type!r}")
+        if not isinstance(self.config, Mapping):
+            raise InvalidPrompt(f"{what}: config must be an object")
+        for attr in ("labels", "tags"):
+            value = getattr(self, attr)
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise InvalidPrompt(f"{what}: {attr} must be a list of strings")
+            object.__setattr__(self, attr, tuple(value))
+
+    @classmethod
+    def from_langfuse(cls, data: Mapping[str, Any]) -> Prompt:
+        """Build from a Langfuse prompt object (the public API's JSON, or the same as a dict)."""
+        if not isinstance(data, Mapping):
+            raise InvalidPrompt("a prompt must be a JSON object")
+        name = data.get("name")
+        label = repr(name) if isinstance(name, str) else "without a name"
+        try:
+            kind = data.get("type", "chat" if isinstance(data.get("prompt"), list) else "text")
+            return cls(
+                name=name,  # type: ignore[arg-type]
+                version=data.get("version", 1),
+                type=kind,
+                prompt=data.get("prompt"),  # type: ignore[arg-type]
+                config=data.get("config") or {},
+                labels=data.get("labels") or (),
+                tags=data.get("tags") or (),
+            )
+        except InvalidPrompt:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InvalidPrompt(f"prompt {label} is malformed: {exc}") from None
+
+    @property
+    def model(self) -> str | None:
+        model = self.config.get("model")
+        return model if isinstance(model, str) and model else None
+
+    def compile(
+        self,
+        variables: Mapping[str, Any] | None = None,
+        placeholders: Mapping[str, Any] | None = None,
+        *,
+        text_role: str = "user",
+    ) -> list[dict[str, Any]]:
+        """Chat messages for this prompt; unfilled placeholders are dropped."""
+        return self.render(variables, placeholders, text_role=text_role).messages
+
+    def render(
+        self,
+        variables: Mapping[str, Any] | None = None,
+        placeholders: Mapping[str, Any] | None = None,
+        *,
+        text_role: str = "user",
+    ) -> CompiledPrompt:
+        """Compile, and also report what stayed unfilled.
+
+        Placeholder values come from `placeholders`, else from `variables` (Langfuse takes both
+        from one namespace).
+        """
+        values: Mapping[str, Any] = variables or {}
+        missing: dict[str, None] = {}
+        if isinstance(self.prompt, str):
+            text = compile_template(self.prompt, values, missing)
+            return CompiledPrompt([{"role": text_role, "content": text}], tuple(missing))
+
+        messages: list[dict[str, Any]] = []
+        unfilled: list[tuple[int, str]] = []
+        for entry in self.prompt:
+            if entry.get("type") == "placeholder":
+                name = entry["name"]
+                if placeholders is not None and name in placeholders:
+                    filled = placeholders[name]
+                elif name in values:
+                    filled = values[name]
+                else:
+                    unfilled.append((len(messages), name))
+                    continue
+                messages.extend(_placeholder_messages(name, filled, values, missing))
+            else:
+                content = compile_template(entry["content"], values, missing)
+                messages.append({"role": entry["role"], "content": content})
+        return CompiledPrompt(messages, tuple(missing), tuple(unfilled))
+
+
+def compile_template(
+    template: str, variables: Mapping[str, Any], missing: dict[str, None] | None = None
+) -> str:
+    """Fill `{{name}}` variables as the Langfuse SDK does; record unknown names in `missing`."""
+    start = template.find(_OPEN)
+    if start == -1:
+        return template
+    out: list[str] = []
+    pos = 0
+    while start != -1:
+        end = template.find(_CLOSE, start)
+        if end == -1:
+            break
+        name = template[start + 2 : end].strip()
+        out.append(template[pos:start])
+        pos = end + 2
+        if name in variables:
+            value = variables[name]
+            out.append("" if value is None else str(value))
+        else:
+            out.append(template[start:pos])
+            if missing is not None:
+                missing[name] = None
+        start = template.find(_OPEN, pos)
+    out.append(template[pos:])
+    return "".join(out)
+
+
+def _placeholder_messages(
+    name: str, value: Any, variables: Mapping[str, Any], missing: dict[str, None]
+) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise InvalidPromptVariables(
+            f"Placeholder {name!r} must be a list of chat messages, got {type(value).__name__}.",
+            param="prompt_variables",
+        )
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidPromptVariables(
+                f"Placeholder {name!r} item {i} must be a message object with a string 'role'.",
+                param="prompt_variables",
+            )
+        compiled = dict(message)
+        # As the SDK does: a message without content gets "" (None and lists pass through).
+        content = message.get("content", "")
+        if isinstance(content, str):
+            compiled["content"] = compile_template(content, variables, missing)
+        out.append(compiled)
+    return out
+
+
+def _check_chat_entry(what: str, entry: Any) -> Mapping[str, Any]:
+    if not isinstance(entry, Mapping):
+        raise InvalidPrompt(f"{what}: every chat message must be an object")
+    if entry.get("type") == "placeholder":
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise InvalidPrompt(f"{what}: a placeholder needs a non-empty string 'name'")
+        return {"type": "placeholder", "name": entry["name"]}
+    role, content = entry.get("role"), entry.get("content")
+    if not isinstance(role, str) or not isinstance(content, str):
+        raise InvalidPrompt(f"{what}: chat messages need a string 'role' and 'content'")
+    return {"role": role, "content": content}

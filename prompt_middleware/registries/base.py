@@ -1,0 +1,24 @@
+"""The interface every prompt source implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..prompts import Prompt
+
+__all__ = ["PromptRegistry"]
+
+
+@runtime_checkable
+class PromptRegistry(Protocol):
+    """A source of prompts.
+
+    `get_prompt` returns the prompt with that name and version, or carrying that label; with
+    neither, the one labelled `production`. It raises `PromptNotFound` when there is none and
+    `RegistryUnavailable` when the source cannot answer. A registry that holds resources may also
+    define `async def aclose()`; the middleware calls it on lifespan shutdown.
+    """
+
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt: ...

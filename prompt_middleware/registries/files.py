@@ -1,0 +1,135 @@
+"""Prompts kept as files in a directory, one file per prompt name.
+
+`support/triage.json` under the directory is the prompt `support/triage`, as Langfuse names
+prompts in folders. Files are read on every lookup (the middleware's cache sits in front), in a
+worker thread so the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import InvalidPrompt
+from ..prompts import DEFAULT_LABEL, Prompt, PromptRef
+from .memory import PromptVersions, lookup
+
+__all__ = ["FileRegistry"]
+
+# Tried in this order when several files share a name.
+EXTENSIONS = (".json", ".yaml", ".yml", ".txt", ".md")
+TEXT_EXTENSIONS = (".txt", ".md")
+
+
+class FileRegistry:
+    """A registry over a directory of prompt files.
+
+    - `.json`: a Langfuse-shaped prompt object (`type`, `prompt`, `config`, `version`, `labels`)
+      or a list of such objects, one per version.
+    - `.yaml` / `.yml`: the same, with the `yaml` extra installed.
+    - `.txt` / `.md`: the whole file is a text prompt, version 1.
+
+    When no version in a file carries the `production` label, the highest version gets it, so a
+    file without labels is served to requests that name no version or label.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory).resolve()
+        if not self.directory.is_dir():
+            raise ValueError(f"prompt directory {str(self.directory)!r} does not exist")
+
+    def __repr__(self) -> str:
+        return f"FileRegistry({str(self.directory)!r})"
+
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt:
+        ref = PromptRef(name, version, label)
+        versions = await anyio.to_thread.run_sync(self._load, name)
+        return lookup({name: versions} if versions else {}, ref)
+
+    def _load(self, name: str) -> PromptVersions | None:
+        path = self._find(name)
+        if path is None:
+            return None
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = type(exc).__name__
+            raise InvalidPrompt(f"prompt {name!r}: cannot read its file ({reason})") from None
+        return _versions(name, path.suffix, raw)
+
+    def _find(self, name: str) -> Path | None:
+        if not _is_safe_name(name):
+            return None
+        for ext in EXTENSIONS:
+            candidate = self.directory / (name + ext)
+            # resolve() follows symlinks, so a link pointing out of the directory is refused too.
+            try:
+                resolved = candidate.resolve()
+            except (OSError, RuntimeError):
+                continue
+            if resolved.is_relative_to(self.directory) and resolved.is_file():
+                return resolved
+        return None
+
+
+def _is_safe_name(name: str) -> bool:
+    if not name or "\x00" in name or "\\" in name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts) and not os.path.isabs(name)
+
+
+def _versions(name: str, suffix: str, raw: str) -> PromptVersions:
+    if suffix in TEXT_EXTENSIONS:
+        entries: list[Any] = [{"type": "text", "prompt": raw}]
+    else:
+        data = _parse_structured(name, suffix, raw)
+        entries = data if isinstance(data, list) else [data]
+    prompts = [_entry_to_prompt(name, i, entry) for i, entry in enumerate(entries)]
+    if not prompts:
+        raise InvalidPrompt(f"prompt {name!r}: its file holds no versions")
+    if not any(DEFAULT_LABEL in p.labels for p in prompts):
+        newest = max(prompts, key=lambda p: p.version)
+        prompts[prompts.index(newest)] = _with_label(newest, DEFAULT_LABEL)
+    versions = PromptVersions()
+    for prompt in prompts:
+        versions.add(prompt)
+    return versions
+
+
+def _parse_structured(name: str, suffix: str, raw: str) -> Any:
+    if suffix == ".json":
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise InvalidPrompt(f"prompt {name!r}: invalid JSON ({exc})") from None
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidPrompt(
+            f"prompt {name!r} is YAML: install the extra, pip install 'prompt-middleware[yaml]'"
+        ) from None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise InvalidPrompt(f"prompt {name!r}: invalid YAML ({type(exc).__name__})") from None
+
+
+def _entry_to_prompt(name: str, index: int, entry: Any) -> Prompt:
+    if not isinstance(entry, dict):
+        raise InvalidPrompt(f"prompt {name!r}: version entry {index} is not an object")
+    declared = entry.get("name", name)
+    if declared != name:
+        raise InvalidPrompt(f"prompt {name!r}: its file declares the name {declared!r}")
+    return Prompt.from_langfuse({**entry, "name": name, "version": entry.get("version", index + 1)})
+
+
+def _with_label(prompt: Prompt, label: str) -> Prompt:
+    return replace(prompt, labels=(*prompt.labels, label))

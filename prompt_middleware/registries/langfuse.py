@@ -1,0 +1,475 @@
+"""Prompts from Langfuse (Cloud or self-hosted) over its public HTTP API.
+
+`LangfuseRegistry` calls `GET {base}/api/public/v2/prompts/{name}` with httpx, the endpoint the
+`langfuse` SDK's generated clients wrap, so the SDK is not needed at run time. The SDK's
+`get_prompt` blocks the event loop and starts threads; its async client sleeps with asyncio
+between retries (broken under trio) and was renamed between SDK majors. Requests here are plain
+`httpx.Request`s sent on one shared client, retried with anyio.
+
+`LangfuseTenants` is a bounded pool of registries for per-request credentials, all sharing the
+base registry's connection pool, restricted to an allow-list of hosts.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import random
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import Collection
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+from cachetools import LRUCache
+
+from ..errors import (
+    InvalidPrompt,
+    InvalidPromptRequest,
+    PromptNotFound,
+    RegistryAuthError,
+    RegistryUnavailable,
+)
+from ..prompts import Prompt, PromptRef
+
+__all__ = ["DEFAULT_BASE_URL", "LangfuseRegistry", "LangfuseTenants"]
+
+logger = logging.getLogger("prompt_middleware.langfuse")
+
+DEFAULT_BASE_URL = "https://cloud.langfuse.com"
+PUBLIC_KEY_ENV = "LANGFUSE_PUBLIC_KEY"
+SECRET_KEY_ENV = "LANGFUSE_SECRET_KEY"
+BASE_URL_ENV = "LANGFUSE_BASE_URL"
+HOST_ENV = "LANGFUSE_HOST"
+
+_PROMPTS_PATH = "/api/public/v2/prompts/"
+_USER_AGENT = "prompt-middleware"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_REQUIRED_FIELDS = ("name", "version", "type", "prompt")
+# Letters only: an error class name is shown, anything that could be an echoed key is not.
+_ERROR_CLASS = re.compile(r"[A-Z][A-Za-z]{2,63}")
+_UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
+# Failures worth another attempt; anything else (bad URL, protocol misuse) fails at once.
+_RETRYABLE_ERRORS = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+    httpx.ProxyError,
+    TimeoutError,
+)
+
+
+class _Redacted:
+    """Holds a secret so that neither repr() nor vars() dumps show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+class LangfuseRegistry:
+    """Fetches prompts from Langfuse by name and version or label.
+
+    Credentials and host are read like the `langfuse` SDK reads them: `public_key` /
+    `secret_key` or `LANGFUSE_PUBLIC_KEY` / `LANGFUSE_SECRET_KEY`; the base URL from `base_url`,
+    `LANGFUSE_BASE_URL`, `host`, `LANGFUSE_HOST`, else Langfuse Cloud (EU).
+
+    `timeout` bounds each attempt as a whole. Timeouts, connection errors, 408, 429 and 5xx are
+    retried up to `max_retries` times with capped exponential backoff and jitter
+    (`retry_base_delay * 2**n`, at most `retry_max_delay`); a `Retry-After` header replaces the
+    backoff, capped at `retry_max_delay`. 404, 401 and 403 are never retried.
+
+    One `httpx.AsyncClient` is created on first use and closed by `aclose()`; a `client` given
+    here is used as is and left open.
+    """
+
+    def __init__(
+        self,
+        public_key: str | None = None,
+        secret_key: str | None = None,
+        host: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 5.0,
+        max_retries: int = 2,
+        client: httpx.AsyncClient | None = None,
+        retry_base_delay: float = 0.25,
+        retry_max_delay: float = 2.0,
+        trust_env: bool = True,
+    ) -> None:
+        public_key = public_key or os.environ.get(PUBLIC_KEY_ENV)
+        secret_key = secret_key or os.environ.get(SECRET_KEY_ENV)
+        if not public_key or not secret_key:
+            missing = [
+                f"{arg} (or {env})"
+                for arg, env, value in (
+                    ("public_key", PUBLIC_KEY_ENV, public_key),
+                    ("secret_key", SECRET_KEY_ENV, secret_key),
+                )
+                if not value
+            ]
+            raise ValueError(f"LangfuseRegistry needs {' and '.join(missing)}.")
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise ValueError("timeout must be a positive number of seconds")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be a non-negative integer")
+        if retry_base_delay < 0 or retry_max_delay < 0:
+            raise ValueError("retry delays must not be negative")
+
+        self._base_url = _normalise_base_url(
+            base_url
+            or os.environ.get(BASE_URL_ENV)
+            or host
+            or os.environ.get(HOST_ENV)
+            or DEFAULT_BASE_URL
+        )
+        self._public_key = public_key
+        self._authorization = _Redacted(_basic_auth(public_key, secret_key))
+        self._timeout = float(timeout)
+        self._max_retries = max_retries
+        self._retry_base_delay = retry_base_delay
+        self._retry_max_delay = retry_max_delay
+        self._trust_env = trust_env
+        self._client = client
+        self._own_client: httpx.AsyncClient | None = None
+        # Set on the per-tenant registries of `LangfuseTenants`: they use the base's client.
+        self._parent: LangfuseRegistry | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The Langfuse base URL requests go to, normalised (no trailing slash)."""
+        return self._base_url
+
+    def __repr__(self) -> str:
+        key = _abbrev(self._public_key)
+        return f"{type(self).__name__}(base_url={self._base_url!r}, public_key={key!r})"
+
+    async def __aenter__(self) -> LangfuseRegistry:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client this registry created (a later fetch creates a new one)."""
+        client, self._own_client = self._own_client, None
+        if client is not None:
+            await client.aclose()
+
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt:
+        ref = PromptRef(name, version, label)
+        request = self._build_request(ref)
+        response = await self._send(request, ref)
+        status = response.status_code
+        if 200 <= status < 300:
+            return _prompt_from_response(response, ref)
+        if status == 404:
+            raise PromptNotFound(f"Prompt {ref} not found in Langfuse.", param="prompt_id")
+        if status in (401, 403):
+            raise RegistryAuthError(
+                f"Langfuse at {self._base_url} rejected the API keys ({_describe(response)})."
+            )
+        raise RegistryUnavailable(
+            f"Langfuse at {self._base_url} answered {_describe(response)} for prompt {ref}."
+        )
+
+    def _build_request(self, ref: PromptRef) -> httpx.Request:
+        if not isinstance(ref.name, str) or not ref.name:
+            raise InvalidPromptRequest("prompt_id must be a non-empty string.", param="prompt_id")
+        params: dict[str, str] = {}
+        if ref.version is not None:
+            if ref.label is not None:
+                raise InvalidPromptRequest(
+                    "Langfuse selects a prompt by version or by label, not both.",
+                    param="prompt_label",
+                )
+            if isinstance(ref.version, bool) or not isinstance(ref.version, int) or ref.version < 1:
+                raise InvalidPromptRequest(
+                    "prompt_version must be a positive integer.", param="prompt_version"
+                )
+            params["version"] = str(ref.version)
+        elif ref.label is not None:
+            if not isinstance(ref.label, str) or not ref.label:
+                raise InvalidPromptRequest(
+                    "prompt_label must be a non-empty string.", param="prompt_label"
+                )
+            params["label"] = ref.label
+        # Neither: no query at all, and Langfuse serves the `production` label.
+        return httpx.Request(
+            "GET",
+            self._base_url + _PROMPTS_PATH + urllib.parse.quote(ref.name, safe=""),
+            params=params,
+            headers={
+                "accept": "application/json",
+                "authorization": self._authorization.value,
+                "user-agent": _USER_AGENT,
+            },
+            # A hand-built Request carries no timeouts unless told (client defaults apply
+            # only in build_request), and building it ourselves keeps any cookie jar out.
+            extensions={"timeout": httpx.Timeout(self._timeout).as_dict()},
+        )
+
+    async def _send(self, request: httpx.Request, ref: PromptRef) -> httpx.Response:
+        client = self._http()
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                with anyio.fail_after(self._timeout):
+                    response = await client.send(request, auth=None, follow_redirects=False)
+            except _RETRYABLE_ERRORS as exc:
+                failure = type(exc).__name__
+            except httpx.HTTPError as exc:
+                raise self._unavailable(ref, type(exc).__name__, attempt) from exc
+            else:
+                if not _retryable(response.status_code):
+                    return response
+                failure = _describe(response)
+                retry_after = _retry_after(response.headers)
+            if attempt >= self._max_retries:
+                raise self._unavailable(ref, failure, attempt)
+            delay = self._backoff(attempt, retry_after)
+            attempt += 1
+            logger.warning(
+                "Langfuse %s for prompt %s; retry %d of %d in %.2fs",
+                failure,
+                ref,
+                attempt,
+                self._max_retries,
+                delay,
+            )
+            await anyio.sleep(delay)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self._retry_max_delay)
+        delay = min(self._retry_max_delay, self._retry_base_delay * 2.0**attempt)
+        return delay * random.uniform(0.5, 1.0)
+
+    def _unavailable(self, ref: PromptRef, failure: str, retries: int) -> RegistryUnavailable:
+        tries = f" after {retries + 1} attempts" if retries else ""
+        return RegistryUnavailable(
+            f"Langfuse at {self._base_url} is unavailable ({failure}{tries}) fetching prompt {ref}."
+        )
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._parent is not None:
+            return self._parent._http()
+        if self._client is not None:
+            return self._client
+        if self._own_client is None or self._own_client.is_closed:
+            self._own_client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._timeout),
+                follow_redirects=False,
+                trust_env=self._trust_env,
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            )
+        return self._own_client
+
+    def _for_tenant(self, public_key: str, secret_key: str, base_url: str) -> LangfuseRegistry:
+        child = LangfuseRegistry(
+            public_key,
+            secret_key,
+            base_url=base_url,
+            timeout=self._timeout,
+            max_retries=self._max_retries,
+            retry_base_delay=self._retry_base_delay,
+            retry_max_delay=self._retry_max_delay,
+        )
+        child._parent = self
+        return child
+
+
+class LangfuseTenants:
+    """Registries for per-request Langfuse credentials, in a bounded LRU pool.
+
+    `resolve()` maps (host, public key, secret key) to a tenant key and a registry using those
+    credentials. The tenant key is an HMAC over all three with a per-process random key, so two
+    key pairs (or a wrong secret next to the right one) never share a key or a cache entry, and
+    the key reveals nothing. Hosts must be on `allowed_hosts` (default: only the base registry's
+    host); requests go to the configured URL, never to a string taken from the request. The
+    pooled registries share the base registry's HTTP client.
+    """
+
+    def __init__(
+        self,
+        base: LangfuseRegistry,
+        *,
+        allowed_hosts: Collection[str] | None = None,
+        max_tenants: int = 256,
+    ) -> None:
+        if isinstance(max_tenants, bool) or not isinstance(max_tenants, int) or max_tenants < 1:
+            raise ValueError("max_tenants must be a positive integer")
+        self._base = base
+        self._allowed: dict[str, str] = {_parts(base.base_url)[0]: base.base_url}
+        for entry in allowed_hosts or ():
+            url = _normalise_base_url(entry)
+            self._allowed.setdefault(_parts(url)[0], url)
+        self._pool: LRUCache[str, LangfuseRegistry] = LRUCache(maxsize=max_tenants)
+        self._hmac_key = secrets.token_bytes(32)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(hosts={sorted(self._allowed.values())!r}, "
+            f"tenants={len(self._pool)}/{self._pool.maxsize})"
+        )
+
+    def __len__(self) -> int:
+        return len(self._pool)
+
+    def resolve(
+        self, public_key: str, secret_key: str, host: str | None = None
+    ) -> tuple[str, LangfuseRegistry]:
+        """The tenant key and registry for these credentials; no I/O.
+
+        Raises `InvalidPromptRequest` for empty keys or a host that is not allowed.
+        """
+        for value, param in ((public_key, "langfuse_public_key"), (secret_key, "langfuse_secret")):
+            if not isinstance(value, str) or not value:
+                raise InvalidPromptRequest(f"{param} must be a non-empty string.", param=param)
+        base_url = self._allowed_base_url(host)
+        tenant = self._tenant_key(base_url, public_key, secret_key)
+        registry = self._pool.get(tenant)
+        if registry is None:
+            registry = self._base._for_tenant(public_key, secret_key, base_url)
+            self._pool[tenant] = registry
+        return tenant, registry
+
+    async def aclose(self) -> None:
+        """Forget every tenant. The base registry belongs to its owner and stays open."""
+        self._pool.clear()
+
+    def _allowed_base_url(self, host: str | None) -> str:
+        if host is None:
+            return self._base.base_url
+        split = _split_url(host) if isinstance(host, str) else None
+        if split is not None:
+            origin, path = split
+            allowed = self._allowed.get(origin)
+            if allowed is not None and path in ("", _parts(allowed)[1]):
+                return allowed
+        raise InvalidPromptRequest(
+            "langfuse_host is not a Langfuse host this server may use.", param="langfuse_host"
+        )
+
+    def _tenant_key(self, base_url: str, public_key: str, secret_key: str) -> str:
+        material = json.dumps([base_url, public_key, secret_key]).encode()
+        return "langfuse:" + hmac.new(self._hmac_key, material, hashlib.sha256).hexdigest()[:32]
+
+
+def _prompt_from_response(response: httpx.Response, ref: PromptRef) -> Prompt:
+    try:
+        data: Any = response.json()
+    except ValueError:
+        raise InvalidPrompt(
+            f"Langfuse answered prompt {ref} with a body that is not JSON."
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidPrompt(f"Langfuse answered prompt {ref} with JSON that is not an object.")
+    missing = [field for field in _REQUIRED_FIELDS if field not in data]
+    if missing:
+        raise InvalidPrompt(f"Langfuse answered prompt {ref} without {', '.join(missing)}.")
+    return Prompt.from_langfuse(data)
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _describe(response: httpx.Response) -> str:
+    """`HTTP 503` plus Langfuse's error class when the body names one (never its message)."""
+    text = f"HTTP {response.status_code}"
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return text
+    if isinstance(error, str) and _ERROR_CLASS.fullmatch(error):
+        text += f" {error}"
+    return text
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _basic_auth(public_key: str, secret_key: str) -> str:
+    return "Basic " + base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
+
+
+def _abbrev(key: str) -> str:
+    return key if len(key) <= 10 else key[:10] + "..."
+
+
+def _split_url(url: str) -> tuple[str, str] | None:
+    """(`scheme://host:port`, path without trailing slash) of a plain http(s) URL, else None.
+
+    Anything unusual (credentials, query, fragment, whitespace, backslashes, a bad port) is
+    refused rather than interpreted, as the result decides where credentials are sent.
+    """
+    if _UNSAFE_URL_CHARS.search(url):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS or "@" in parts.netloc or parts.query or parts.fragment:
+        return None
+    if "?" in url or "#" in url:
+        return None
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}", parts.path.rstrip("/")
+
+
+def _parts(base_url: str) -> tuple[str, str]:
+    split = _split_url(base_url)
+    assert split is not None, "only called on normalised URLs"
+    return split
+
+
+def _normalise_base_url(url: str) -> str:
+    split = _split_url(url) if isinstance(url, str) else None
+    if split is None:
+        # The URL is not echoed: it may carry credentials.
+        raise ValueError(
+            "The Langfuse base URL must be an http(s) URL without credentials, query or fragment."
+        )
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.lower()}{split[1]}"
