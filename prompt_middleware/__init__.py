@@ -12,6 +12,7 @@ from .middleware import PromptMiddleware
 from .prompts import Prompt, PromptRef
 from .registries import FileRegistry, InMemoryRegistry, PromptRegistry
 from .registries.langfuse import LangfuseRegistry
+from .upstream import UpstreamProxy
 
 __all__ = [
     "CachedRegistry",
@@ -27,4 +28,5 @@ __all__ = [
     "PromptRef",
     "PromptRegistry",
     "RegistryUnavailable",
+    "UpstreamProxy",
 ]

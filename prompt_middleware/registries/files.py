@@ -72,15 +72,19 @@ class FileRegistry:
             # resolve() follows symlinks, so a link pointing out of the directory is refused too.
             try:
                 resolved = candidate.resolve()
-            except (OSError, RuntimeError):
+                if resolved.is_relative_to(self.directory) and resolved.is_file():
+                    return resolved
+            except (OSError, RuntimeError):  # e.g. a name too long for the file system
                 continue
-            if resolved.is_relative_to(self.directory) and resolved.is_file():
-                return resolved
         return None
 
 
 def _is_safe_name(name: str) -> bool:
     if not name or "\x00" in name or "\\" in name or name.startswith("/"):
+        return False
+    try:
+        name.encode("utf-8")  # lone surrogates name no file
+    except UnicodeEncodeError:
         return False
     parts = name.split("/")
     return all(part not in ("", ".", "..") for part in parts) and not os.path.isabs(name)
@@ -95,6 +99,8 @@ def _versions(name: str, suffix: str, raw: str) -> PromptVersions:
     prompts = [_entry_to_prompt(name, i, entry) for i, entry in enumerate(entries)]
     if not prompts:
         raise InvalidPrompt(f"prompt {name!r}: its file holds no versions")
+    if len({p.version for p in prompts}) != len(prompts):
+        raise InvalidPrompt(f"prompt {name!r}: its file holds the same version twice")
     if not any(DEFAULT_LABEL in p.labels for p in prompts):
         newest = max(prompts, key=lambda p: p.version)
         prompts[prompts.index(newest)] = _with_label(newest, DEFAULT_LABEL)

@@ -40,7 +40,10 @@ class PromptVersions:
 
 
 def _has_label(prompt: Prompt, label: str, versions: PromptVersions) -> bool:
-    return label in prompt.labels or (label == LATEST and versions.find(None, LATEST) is prompt)
+    # `latest` is always the highest version, as for a label-only lookup, whatever labels say.
+    if label == LATEST:
+        return versions.find(None, LATEST) is prompt
+    return label in prompt.labels
 
 
 def lookup(table: dict[str, PromptVersions], ref: PromptRef) -> Prompt:

@@ -1,0 +1,493 @@
+"""`UpstreamProxy`: an ASGI app that forwards requests to an OpenAI-compatible server.
+
+It is the app behind `PromptMiddleware` in a standalone gateway (`prompt-middleware serve`), and
+works on its own as a small reverse proxy on asyncio or trio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterable, Mapping
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from types import TracebackType
+from typing import Final
+from urllib.parse import quote, unquote
+
+import anyio
+import httpx
+from starlette.types import Message, Receive, Scope, Send
+
+from .errors import error_body
+
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "UpstreamProxy"]
+
+logger = logging.getLogger("prompt_middleware.upstream")
+
+DEFAULT_TIMEOUT: Final = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=5.0)
+"""Connect 10 s; read 600 s between bytes (a model may think for minutes before its first token);
+write 30 s; 5 s waiting for a free pooled connection."""
+
+DEFAULT_LIMITS: Final = httpx.Limits(
+    max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0
+)
+"""Every streaming completion holds a connection for its whole generation, hence the headroom."""
+
+_HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# httpx sets `host` and `content-length` for the upstream; `expect` is for the server in front.
+_REQUEST_ONLY: Final = frozenset({b"host", b"content-length", b"expect"})
+# The ASGI server in front adds its own `date` and `server`; forwarding them would duplicate them.
+_RESPONSE_ONLY: Final = frozenset({b"date", b"server"})
+_PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+
+
+class _UseDefault:
+    def __repr__(self) -> str:
+        return "DEFAULT_TIMEOUT"
+
+
+_USE_DEFAULT: Final = _UseDefault()
+
+
+class _ClientGone(Exception):
+    """The client disconnected: there is nobody left to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    status: int
+    code: str
+    message: str
+
+
+class UpstreamProxy:
+    """Forward every HTTP request to `base_url`, streaming both ways.
+
+    * **URL.** The request path is joined under the base URL's path: with base
+      `https://api.openai.com/v1`, `/chat/completions` goes to `/v1/chat/completions`. A path that
+      already starts with the base path (`/v1/chat/completions`, as OpenAI clients pointed at
+      `http://gateway/v1` send) is forwarded as is, not doubled. The query string is kept. When the
+      proxy is mounted under a prefix (`scope["root_path"]`), the prefix is not forwarded.
+    * **Headers.** Forwarded as sent, `Authorization` included, minus hop-by-hop headers
+      (`connection` and the headers it names, `keep-alive`, `te`, `trailer`, `transfer-encoding`,
+      `upgrade`, `proxy-*`) and `host`/`content-length`/`expect`, which httpx sets for the upstream.
+      `headers=` adds or replaces headers on every request, e.g. an upstream key kept server-side:
+      `headers={"Authorization": "Bearer sk-..."}`. Cookies are forwarded per request, never stored.
+    * **Bodies.** A body that arrives in one piece (e.g. rewritten by `PromptMiddleware`) is sent
+      with its length; a streamed one is streamed on, with the client's `content-length` when it
+      sent one (else chunked). The response is streamed back as it arrives, raw: compressed bodies
+      are not decoded, SSE reaches the client event by event.
+    * **Errors.** Before the response has started: cannot connect or a bad upstream answer → 502
+      `upstream_unavailable`; connect/read/write timeout → 504 `upstream_timeout`; no free pooled
+      connection within the pool timeout → 503 `upstream_busy` with `Retry-After`; all with an
+      OpenAI-shaped JSON body. Upstream error statuses pass through unchanged. After the response
+      has started, an SSE stream ends with a final `data: {"error": ...}` event (which the openai
+      client raises as `APIError`); any other body is aborted so the client sees a broken
+      response, not a short one.
+    * **Disconnects.** When the client goes away, the upstream response is closed at once, so a
+      model stops generating (and billing) for nobody.
+    * **Client.** One `httpx.AsyncClient` per proxy, created on first use with `DEFAULT_LIMITS`, no
+      cookie storage, no redirect following, `trust_env` as given (so `HTTPS_PROXY` works for
+      egress). It is closed by `aclose()` or on ASGI lifespan shutdown; a later request opens a new
+      one. Mounted inside another app, which may not pass lifespan on, close it from that app's
+      lifespan. A `client=` you pass is used as is (its `headers` are not applied: use
+      `headers=`) and never closed by the proxy.
+    * **Timeouts.** `timeout` is an `httpx.Timeout`, or a number (or None for no limit) that sets
+      the read timeout and keeps `DEFAULT_TIMEOUT`'s connect/write/pool values. Left at the
+      default with your own `client=`, that client's timeout applies.
+    """
+
+    def __init__(
+        self,
+        base_url: str | httpx.URL,
+        *,
+        client: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout | float | _UseDefault | None = _USE_DEFAULT,
+        headers: Mapping[str, str] | None = None,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        trust_env: bool = True,
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be an absolute http(s) URL, got {str(base_url)!r}")
+        if url.query or url.fragment:
+            raise ValueError("base_url must not have a query string or fragment")
+        self._base_url = url
+        self._base_path = url.path.rstrip("/")
+        self._base_raw_path = url.raw_path.decode("ascii").rstrip("/")
+        self._client = client
+        self._owns_client = client is None
+        self._limits = limits
+        self._trust_env = trust_env
+        if isinstance(timeout, _UseDefault):
+            self._timeout = DEFAULT_TIMEOUT
+            # A caller's own client keeps its own timeout unless one was asked for explicitly.
+            self._extensions = {} if client is not None else {"timeout": self._timeout.as_dict()}
+        else:
+            self._timeout = _as_timeout(timeout)
+            self._extensions = {"timeout": self._timeout.as_dict()}
+        self._extra_headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        ]
+        self._extra_names = frozenset(name for name, _ in self._extra_headers)
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self._base_url
+
+    def __repr__(self) -> str:
+        # Userinfo in a base URL is a credential; keep it out of reprs and logs.
+        return f"UpstreamProxy({str(self._base_url.copy_with(username=None, password=None))!r})"
+
+    async def aclose(self) -> None:
+        """Close the proxy's own client (not one passed as `client=`)."""
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def __aenter__(self) -> UpstreamProxy:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._proxy(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout,
+                limits=self._limits,
+                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+                follow_redirects=False,
+                trust_env=self._trust_env,
+            )
+        return self._client
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return
+        headers, content_length = self._request_headers(scope)
+        body_read = anyio.Event()
+        content: bytes | _RequestBody
+        if first.get("more_body", False):
+            content = _RequestBody(first.get("body", b""), receive, body_read)
+            if content_length is not None:
+                headers.append((b"content-length", content_length))
+        else:
+            content = first.get("body", b"")
+            body_read.set()
+        request = httpx.Request(
+            scope["method"],
+            self._target_url(scope),
+            headers=headers,
+            content=content,
+            extensions=self._extensions,
+        )
+        exchange = _Exchange(send)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_disconnect, receive, body_read, exchange, tg.cancel_scope)
+            try:
+                await self._forward(request, exchange, body_read)
+            except Exception as exc:  # raised below, not as an ExceptionGroup
+                exchange.broken = exc
+            exchange.finished = True
+            tg.cancel_scope.cancel()
+        if exchange.disconnected:
+            logger.info(
+                "client disconnected, upstream %s %s closed", request.method, _path(request)
+            )
+        if exchange.broken is not None:
+            # Raising makes the ASGI server abort the connection: the only way to tell an HTTP
+            # client that a body already under way is incomplete.
+            raise exchange.broken
+
+    async def _forward(
+        self, request: httpx.Request, exchange: _Exchange, body_read: anyio.Event
+    ) -> None:
+        response: httpx.Response | None = None
+        try:
+            try:
+                response = await self._get_client().send(request, stream=True)
+            except httpx.TransportError as exc:
+                _log_failure(request, exc, started=False)
+                await exchange.send_error(_failure(exc))
+                return
+            # Whatever httpx did not read of the body is no longer wanted; from here on any
+            # `receive()` belongs to the disconnect watcher.
+            body_read.set()
+            logger.debug("%s %s -> %d", request.method, _path(request), response.status_code)
+            await exchange.start(response)
+            try:
+                await exchange.pump(response)
+            except httpx.TransportError as exc:
+                _log_failure(request, exc, started=True)
+                await exchange.end_broken(exc)
+        except _ClientGone:
+            exchange.disconnected = True
+        finally:
+            if response is not None:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+
+    def _target_url(self, scope: Scope) -> httpx.URL:
+        route_path, raw_path = _route_paths(scope)
+        base = self._base_path
+        if base and route_path != base and not route_path.startswith(base + "/"):
+            raw_path = self._base_raw_path + raw_path
+        raw = (raw_path or "/").encode("ascii")
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            raw += b"?" + query
+        return self._base_url.copy_with(raw_path=raw)
+
+    def _request_headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """The headers to forward, and the client's `content-length` if it sent one."""
+        received: list[tuple[bytes, bytes]] = scope["headers"]
+        dropped = _connection_tokens(received) | self._extra_names
+        out: list[tuple[bytes, bytes]] = []
+        content_length: bytes | None = None
+        for name, value in received:
+            lower = name.lower()
+            if lower == b"content-length":
+                content_length = value
+            if lower in _REQUEST_ONLY or lower in dropped or _is_hop_by_hop(lower):
+                continue
+            out.append((lower, value))
+        out.extend(self._extra_headers)
+        return out, content_length
+
+
+class _RequestBody:
+    """The client's request body, read from `receive()` while httpx sends it on."""
+
+    def __init__(self, first: bytes, receive: Receive, done: anyio.Event) -> None:
+        self._pending: bytes | None = first
+        self._receive = receive
+        self._done = done
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._pending:
+            first, self._pending = self._pending, None
+            return first
+        while not self._done.is_set():
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            if not message.get("more_body", False):
+                self._done.set()
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                return chunk
+        raise StopAsyncIteration
+
+
+class _Exchange:
+    """Our side of the client's response: what has been sent, how it ended."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.finished = False
+        self.disconnected = False
+        self.broken: Exception | None = None
+        self._sse = False
+        self._held = b""
+
+    async def send(self, message: Message) -> None:
+        try:
+            await self._send(message)
+        except OSError as exc:  # ASGI spec 2.4: send raises once the client is gone
+            raise _ClientGone from exc
+
+    async def send_error(self, failure: _Failure) -> None:
+        body = json.dumps(error_body(failure.message, "server_error", None, failure.code)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
+        if failure.status == 503:
+            headers.append((b"retry-after", b"1"))
+        await self.send(
+            {"type": "http.response.start", "status": failure.status, "headers": headers}
+        )
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def start(self, response: httpx.Response) -> None:
+        raw = response.headers.raw
+        dropped = _connection_tokens(raw)
+        headers = []
+        for name, value in raw:
+            lower = name.lower()
+            if lower in _RESPONSE_ONLY or lower in dropped or _is_hop_by_hop(lower):
+                continue
+            headers.append((lower, value))
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        content_type = response.headers.get("content-type", "").lower()
+        self._sse = content_type.startswith("text/event-stream") and encoding == "identity"
+        await self.send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+
+    async def pump(self, response: httpx.Response) -> None:
+        async for raw in _raw_chunks(response):
+            chunk = self._complete_events(raw) if self._sse else raw
+            if chunk:
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await self.send({"type": "http.response.body", "body": self._held, "more_body": False})
+
+    def _complete_events(self, chunk: bytes) -> bytes:
+        # Hold back a trailing partial event, so that if the upstream fails mid-stream the error
+        # event we append starts on an event boundary and parses. A client dispatches an event
+        # only at its blank line anyway, so holding back delays nothing it could see.
+        data = self._held + chunk
+        cut = _events_end(data)
+        self._held = data[cut:]
+        return data[:cut]
+
+    async def end_broken(self, exc: httpx.TransportError) -> None:
+        if not self._sse:
+            self.broken = exc
+            return
+        failure = _failure(exc)
+        event = {"error": error_body(failure.message, "server_error", None, failure.code)["error"]}
+        body = b"data: " + json.dumps(event).encode() + b"\n\n"
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _watch_disconnect(
+    receive: Receive, body_read: anyio.Event, exchange: _Exchange, scope: anyio.CancelScope
+) -> None:
+    """Cancel the exchange as soon as the client disconnects."""
+    await body_read.wait()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not exchange.finished:
+                exchange.disconnected = True
+                scope.cancel()
+            return
+
+
+def _raw_chunks(response: httpx.Response) -> AsyncIterable[bytes]:
+    """The response body as it comes off the wire, undecoded."""
+    if response.is_stream_consumed and isinstance(response.stream, httpx.AsyncByteStream):
+        # Built from bytes (httpx.MockTransport, respx) and so read on creation; the raw bytes
+        # are still in its stream.
+        return response.stream
+    return response.aiter_raw()
+
+
+def _events_end(data: bytes) -> int:
+    """Index just past the last complete SSE event in `data` (0 if none)."""
+    end = 0
+    for separator in (b"\n\n", b"\r\r", b"\r\n\r\n"):
+        at = data.rfind(separator)
+        if at != -1:
+            end = max(end, at + len(separator))
+    return end
+
+
+def _failure(exc: httpx.TransportError) -> _Failure:
+    name = type(exc).__name__
+    if isinstance(exc, httpx.PoolTimeout):
+        return _Failure(503, "upstream_busy", f"No upstream connection was free in time ({name}).")
+    if isinstance(exc, httpx.TimeoutException):
+        return _Failure(504, "upstream_timeout", f"The upstream server timed out ({name}).")
+    return _Failure(502, "upstream_unavailable", f"The upstream server failed ({name}).")
+
+
+def _log_failure(request: httpx.Request, exc: httpx.TransportError, *, started: bool) -> None:
+    # The class name, because str(ReadTimeout()) and friends are often empty.
+    when = "after the response started" if started else "before a response"
+    logger.warning(
+        "upstream %s %s failed %s: %s %s",
+        request.method,
+        _path(request),
+        when,
+        type(exc).__name__,
+        exc,
+    )
+
+
+def _path(request: httpx.Request) -> str:
+    return request.url.path
+
+
+def _as_timeout(timeout: httpx.Timeout | float | None) -> httpx.Timeout:
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    return httpx.Timeout(
+        connect=DEFAULT_TIMEOUT.connect,
+        read=timeout,
+        write=DEFAULT_TIMEOUT.write,
+        pool=DEFAULT_TIMEOUT.pool,
+    )
+
+
+def _is_hop_by_hop(name: bytes) -> bool:
+    return name in _HOP_BY_HOP or name.startswith(b"proxy-")
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in `Connection`: hop-by-hop too (RFC 9110 §7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def _route_paths(scope: Scope) -> tuple[str, str]:
+    """The request path below any mount prefix: decoded, and percent-encoded as received."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    route = path
+    if root and (path == root or path.startswith(root + "/")):
+        route = path[len(root) :]
+    raw_bytes: bytes | None = scope.get("raw_path")
+    if raw_bytes:
+        # raw_path keeps %2F and friends as the client wrote them; use it when it matches.
+        raw = raw_bytes.decode("latin-1")
+        quoted_root = quote(root, safe=_PATH_SAFE) if root else ""
+        if raw.isascii() and unquote(raw) == path and raw.startswith(quoted_root):
+            raw_route = raw[len(quoted_root) :]
+            if unquote(raw_route) == route:
+                return route, raw_route
+    return route, quote(route, safe=_PATH_SAFE)
