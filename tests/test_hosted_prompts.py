@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from prompt_middleware import InMemoryRegistry, PromptMiddleware
+from prompt_middleware import FileRegistry, InMemoryRegistry, PromptMiddleware
 from prompt_middleware.echo import EchoUpstream
 
 from .helpers import Recorder, chat_prompt, client_for, text_prompt
 
 pytestmark = pytest.mark.anyio
+
+EXAMPLE_PROMPTS = Path(__file__).resolve().parent.parent / "examples" / "prompts"
 
 IMAGE = {"type": "input_image", "image_url": "https://example.com/cat.png", "detail": "low"}
 FILE = {"type": "input_file", "file_id": "file-123"}
@@ -253,13 +256,8 @@ async def test_untouched_without_a_prompt_object(path: str, body: bytes) -> None
 
 async def test_readme_migration_example() -> None:
     """The README's before/after: the same call, served from examples/prompts/."""
-    from pathlib import Path
-
-    from prompt_middleware import FileRegistry
-
-    prompts = Path(__file__).resolve().parent.parent / "examples" / "prompts"
     transport = httpx.ASGITransport(
-        app=PromptMiddleware(EchoUpstream(), registry=FileRegistry(prompts))
+        app=PromptMiddleware(EchoUpstream(), registry=FileRegistry(EXAMPLE_PROMPTS))
     )
     async with openai.AsyncOpenAI(
         api_key="sk-test",
