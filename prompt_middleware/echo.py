@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from starlette.types import Receive, Scope, Send
 
+from ._asgi import read_body
 from .errors import error_body
 
 __all__ = ["EchoUpstream"]
@@ -54,7 +55,7 @@ class EchoUpstream:
             return
         if scope["type"] != "http":
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         method: str = scope["method"]
         path = scope["path"].rstrip("/")
         if method == "GET" and path.endswith("/models"):
@@ -251,18 +252,6 @@ async def _send_json(send: Send, status: int, data: Any) -> None:
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -27,6 +27,7 @@ import httpx
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._asgi import read_body, replay
 from .echo import EchoUpstream
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class CaptureApp:
         if scope["type"] != "http":
             await self._echo(scope, receive, send)  # lifespan handling
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         state = scope.get("state") or {}
         self.requests.append(
             CapturedRequest(
@@ -119,7 +120,7 @@ class CaptureApp:
             )
         )
         if self._response is None:
-            await self._echo(scope, _replay(body, receive), send)
+            await self._echo(scope, replay(body, receive), send)
         else:
             await self._respond(send)
 
@@ -256,28 +257,3 @@ async def _app_with_lifespan(app: ASGIApp, run_lifespan: bool) -> AsyncIterator[
             await app(scope, receive, send)
 
         yield with_state
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
