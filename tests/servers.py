@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -22,14 +23,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: ASGIApp, *, lifespan: str = "on") -> Iterator[str]:
-    """Serve `app` on a free loopback port; yields its base URL, stops it on exit."""
+def running_server(app: ASGIApp, *, lifespan: str = "on", **options: Any) -> Iterator[str]:
+    """Serve `app` on a free loopback port; yields its base URL, stops it on exit.
+
+    `options` go to `uvicorn.Config` (e.g. `backlog` for load tests).
+    """
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=free_port(),
-        lifespan=lifespan,
-        log_level="warning",  # type: ignore[arg-type]
+        lifespan=lifespan,  # type: ignore[arg-type]
+        log_level="warning",
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
