@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 from cachetools import LRUCache
 
-from .errors import PromptMiddlewareError, PromptNotFound, RegistryUnavailable
+from .errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
 from .prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .registries.base import PromptRegistry
 
@@ -274,7 +274,9 @@ class CachedRegistry:
             with flight.scope:
                 try:
                     with anyio.fail_after(self._fetch_timeout):
-                        prompt = await registry.get_prompt(name, version=version, label=label)
+                        prompt: object = await registry.get_prompt(
+                            name, version=version, label=label
+                        )
                 except PromptNotFound as exc:
                     self._not_found += 1
                     self._store_not_found(key, flight, exc)
@@ -282,7 +284,13 @@ class CachedRegistry:
                     self._fetch_errors += 1
                     self._record_failure(key, flight, exc)
                 else:
-                    self._store(key, flight, prompt)
+                    if isinstance(prompt, Prompt):
+                        self._store(key, flight, prompt)
+                    else:  # a broken registry; never cached
+                        self._fetch_errors += 1
+                        kind = type(prompt).__name__
+                        message = f"The registry returned a {kind}, not a Prompt, for {_ref(key)}."
+                        self._record_failure(key, flight, InvalidPrompt(message))
         finally:
             self._finish(key, flight)
 

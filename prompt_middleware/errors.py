@@ -9,6 +9,7 @@ from typing import ClassVar
 from starlette.types import Send
 
 __all__ = [
+    "InvalidContentEncoding",
     "InvalidPrompt",
     "InvalidPromptRequest",
     "InvalidPromptVariables",
@@ -82,6 +83,14 @@ class RequestCredentialsDisabled(InvalidPromptRequest):
     """The body carries registry credentials but the middleware does not accept them."""
 
     code = "request_credentials_disabled"
+
+
+class InvalidContentEncoding(PromptMiddlewareError):
+    """A gzip or deflate request body that does not decompress (corrupt or truncated)."""
+
+    status_code = 400
+    code = "invalid_content_encoding"
+    error_type = "invalid_request_error"
 
 
 class RequestTooLarge(PromptMiddlewareError):

@@ -40,7 +40,8 @@ def _version(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
+        # Bounded: int() refuses strings past 4300 digits; longer than 18 is no real version.
+        value = int(value) if len(value) <= 18 else 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidPromptRequest(
             "prompt.version must be a positive integer (or its string).", param="prompt.version"

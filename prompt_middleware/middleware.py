@@ -11,7 +11,8 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .cache import CachedRegistry
-from .errors import PromptMiddlewareError, RequestTooLarge, send_error
+from .encoding import content_coding, decodable, decode_body
+from .errors import InvalidPrompt, PromptMiddlewareError, RequestTooLarge, send_error
 from .prompts import Prompt
 from .registries.base import PromptRegistry
 from .request import (
@@ -34,7 +35,11 @@ RESPONSES_SUFFIX = "/responses"
 # Byte strings whose absence proves a UTF-8 JSON body references no prompt and carries no
 # credentials (an escaped key like "\u0070rompt_id" contains a backslash-u).
 _MARKERS = (b"prompt", b"langfuse_", b"\\u")
-_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+_BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
+# x-prompt-name: longer names are cut (HTTP clients cap header sizes, h11 at 16 KiB in all).
+_MAX_NAME_HEADER = 1024
+_NAME_SAFE = "/-_.~:@"
+_ELLIPSIS = "%E2%80%A6"
 
 
 class PromptMiddleware:
@@ -100,22 +105,25 @@ class PromptMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
-        if _is_encoded(headers):
-            # Compressed request bodies are forwarded as they are; see the README.
+        coding = content_coding(headers)
+        if not decodable(coding):
+            # A coding we cannot undo (br, zstd, stacked ones): forwarded as is; see the README.
             await self.app(scope, receive, send)
             return
         try:
             body = await self._read_body(headers, receive)
-        except RequestTooLarge as exc:
+            if body is None:  # the client left before the body was complete
+                return
+            # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
+            decoded = decode_body(body, coding, self.max_body_size)
+        except PromptMiddlewareError as exc:
             await send_error(send, exc)
-            return
-        if body is None:  # the client left before the body was complete
             return
 
         rewritten: tuple[bytes, Prompt] | None = None
-        if any(marker in body for marker in self._markers):
+        if any(marker in decoded for marker in self._markers):
             try:
-                rewritten = await self._rewrite(body, scope["path"].endswith(RESPONSES_SUFFIX))
+                rewritten = await self._rewrite(decoded, scope["path"].endswith(RESPONSES_SUFFIX))
             except PromptMiddlewareError as exc:
                 await send_error(send, exc)
                 return
@@ -126,7 +134,7 @@ class PromptMiddleware:
                 )
                 return
 
-        if rewritten is None:
+        if rewritten is None:  # the original bytes and headers, compressed or not
             await self.app(scope, _replay(body, receive), send)
             return
         new_body, prompt = rewritten
@@ -186,7 +194,11 @@ class PromptMiddleware:
                 ref.name, version=ref.version, label=ref.label, tenant=tenant, registry=registry
             )
         source = registry if registry is not None else self.registry
-        return await source.get_prompt(ref.name, version=ref.version, label=ref.label)
+        prompt: object = await source.get_prompt(ref.name, version=ref.version, label=ref.label)
+        if not isinstance(prompt, Prompt):
+            kind = type(prompt).__name__
+            raise InvalidPrompt(f"The registry returned a {kind}, not a Prompt, for prompt {ref}.")
+        return prompt
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through; meanwhile own a task group for the cache's refreshes."""
@@ -241,7 +253,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
     extra = [
-        (b"x-prompt-name", quote(prompt.name, safe="/ -_.~:@").encode("ascii")),
+        (b"x-prompt-name", _name_header(prompt.name)),
         (b"x-prompt-version", str(prompt.version).encode("ascii")),
     ]
 
@@ -253,11 +265,23 @@ def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
     return send_with_headers
 
 
-def _is_encoded(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(
-        name.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
-        for name, value in headers
-    )
+def _name_header(name: str) -> bytes:
+    """`name` percent-encoded to ASCII, spaces too (a header value cannot start or end with one).
+
+    A name longer than `_MAX_NAME_HEADER` encoded bytes is cut there and ends in an encoded "…".
+    """
+    encoded = quote(name, safe=_NAME_SAFE, errors="surrogatepass")
+    if len(encoded) > _MAX_NAME_HEADER:
+        kept: list[str] = []
+        size = len(_ELLIPSIS)
+        for char in name:
+            piece = quote(char, safe=_NAME_SAFE, errors="surrogatepass")
+            size += len(piece)
+            if size > _MAX_NAME_HEADER:
+                break
+            kept.append(piece)
+        encoded = "".join(kept) + _ELLIPSIS
+    return encoded.encode("ascii")
 
 
 def _too_large(limit: int) -> RequestTooLarge:

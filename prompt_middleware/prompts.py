@@ -197,7 +197,12 @@ def compile_template(
         pos = end + 2
         if name in variables:
             value = variables[name]
-            out.append("" if value is None else str(value))
+            try:
+                out.append("" if value is None else str(value))
+            except RecursionError:  # a JSON value nested right up to the parser's limit
+                raise InvalidPromptVariables(
+                    f"Variable {name!r} is nested too deeply.", param="prompt_variables"
+                ) from None
         else:
             out.append(template[start:pos])
             if missing is not None:

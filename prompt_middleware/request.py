@@ -38,6 +38,8 @@ CREDENTIAL_FIELDS = (
     "langfuse_host",
 )
 MODEL_PREFIX = "langfuse/"
+# Top-level fields whose value decides the rewrite; repeating one is refused.
+_READ_FIELDS = frozenset((*PROMPT_FIELDS, *CREDENTIAL_FIELDS, "prompt"))
 
 # Chat-completion parameters a prompt's `config` may supply when the request leaves them unset.
 CHAT_CONFIG_PARAMS = frozenset(
@@ -145,16 +147,56 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is anything else (it then passes untouched)."""
+    """The body as a JSON object, or None when it is anything else (it then passes untouched).
+
+    JSON is read as UTF-8 only (RFC 8259; a leading BOM is ignored). A top level that repeats a
+    field the middleware reads is an `InvalidPromptRequest`: parsers disagree on which copy
+    wins, so the app behind could otherwise see a field, e.g. a secret, that we did not.
+    """
+    repeated: list[tuple[dict[str, Any], list[tuple[str, Any]]]] = []
+
+    def make_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            repeated.append((obj, pairs))
+        return obj
+
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        text = body.decode("utf-8")
+        data = json.loads(
+            text[1:] if text.startswith("\ufeff") else text,
+            parse_constant=_reject_constant,
+            object_pairs_hook=make_object,
+        )
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if repeated and repeated[-1][0] is data:  # the top level is the last object completed
+        seen: set[str] = set()
+        for key, _ in repeated[-1][1]:
+            if key in seen and key in _READ_FIELDS:
+                raise InvalidPromptRequest(f"The request body repeats {key!r}.", param=key)
+            seen.add(key)
+    return data
 
 
 def dump_json(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON. `InvalidPromptRequest` for what JSON cannot carry: a number out of
+    range (a client's 1e400 parses as inf) or nesting past the recursion limit."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise InvalidPromptRequest(
+            "The request holds a number JSON cannot represent (out of range, e.g. 1e400)."
+        ) from None
+    except RecursionError:  # parsed just within the recursion limit, a few frames higher up
+        raise InvalidPromptRequest("The request body is nested too deeply.") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (only sendable as a \ud800 escape): kept as that escape.
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def read_prompt_request(

@@ -50,7 +50,8 @@ class FileRegistry:
         self, name: str, *, version: int | None = None, label: str | None = None
     ) -> Prompt:
         ref = PromptRef(name, version, label)
-        versions = await anyio.to_thread.run_sync(self._load, name)
+        # Abandoned on cancel, so a hung disk cannot hold a request past the cache's timeout.
+        versions = await anyio.to_thread.run_sync(self._load, name, abandon_on_cancel=True)
         return lookup({name: versions} if versions else {}, ref)
 
     def _load(self, name: str) -> PromptVersions | None:
