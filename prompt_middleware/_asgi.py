@@ -1,23 +1,35 @@
-"""Small ASGI helpers shared by the middleware, the echo upstream and the testing apps."""
+"""Small helpers shared by the middleware, the echo upstream, the testing apps and the CLI."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from starlette.types import Message, Receive
 
-__all__ = ["read_body", "replay"]
+__all__ = ["json_text", "read_body", "replay"]
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body; what arrived so far if the client disconnects."""
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected before it was complete."""
     chunks = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """`json.dumps` keeping non-ASCII text as is, except lone surrogates (only escapable)."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, **options)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True, **options)
+    return text
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from ._asgi import json_text
 from .echo import EchoUpstream
 from .errors import PromptMiddlewareError
 from .prompts import Prompt
@@ -232,7 +233,7 @@ def _render(args: argparse.Namespace) -> int:
         unfilled.append("placeholders " + ", ".join(name for _, name in compiled.placeholders))
     if unfilled and args.strict_variables:
         raise CLIError(f"prompt {prompt.name!r} left unfilled: {'; '.join(unfilled)}")
-    print(json.dumps(compiled.messages, indent=2, ensure_ascii=False))
+    print(json_text(compiled.messages, indent=2))
     if unfilled:
         _say(f"warning: left unfilled: {'; '.join(unfilled)} (placeholders are dropped)")
     return 0

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from starlette.types import Receive, Scope, Send
 
-from ._asgi import read_body
+from ._asgi import json_text, read_body
 from .errors import error_body
 
 __all__ = ["EchoUpstream"]
@@ -56,6 +56,8 @@ class EchoUpstream:
         if scope["type"] != "http":
             return
         body = await read_body(receive)
+        if body is None:  # the client left; nobody to answer
+            return
         method: str = scope["method"]
         path = scope["path"].rstrip("/")
         if method == "GET" and path.endswith("/models"):
@@ -94,9 +96,8 @@ class _Reply:
         self.request = request
         model = request.get("model")
         self.model = model if isinstance(model, str) and model else echo.model
-        self.text = json.dumps(
+        self.text = json_text(
             request,
-            ensure_ascii=False,
             indent=2 if echo.pretty else None,
             separators=None if echo.pretty else (",", ":"),
         )
@@ -231,7 +232,7 @@ def _split(text: str, parts: int) -> list[str]:
 
 def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return f"{head}data: {json_text(data)}\n\n".encode()
 
 
 async def _answer(send: Send, body: dict[str, Any], events: Iterator[bytes] | None) -> None:
@@ -245,7 +246,7 @@ async def _answer(send: Send, body: dict[str, Any], events: Iterator[bytes] | No
 
 
 async def _send_json(send: Send, status: int, data: Any) -> None:
-    body = json.dumps(data, ensure_ascii=False).encode()
+    body = json_text(data).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode("ascii")),

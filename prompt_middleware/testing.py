@@ -106,6 +106,8 @@ class CaptureApp:
             await self._echo(scope, receive, send)  # lifespan handling
             return
         body = await read_body(receive)
+        if body is None:  # the client left before its body was complete: nothing was sent
+            return
         state = scope.get("state") or {}
         self.requests.append(
             CapturedRequest(

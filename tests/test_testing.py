@@ -194,3 +194,39 @@ async def test_openai_client_typed_errors() -> None:
 def test_echo_rejects_zero_chunks() -> None:
     with pytest.raises(ValueError, match="chunks"):
         EchoUpstream(chunks=0)
+
+
+async def test_echo_answers_a_lone_surrogate_as_an_escape() -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800 x"}]}'
+    async with asgi_client(EchoUpstream(pretty=False)) as client:
+        response = await client.post("/v1/chat/completions", content=body)
+    assert response.status_code == 200
+    content = response.json()["choices"][0]["message"]["content"]
+    assert json.loads(content)["messages"][0]["content"] == "\ud800 x"
+
+
+@pytest.mark.parametrize("app", [EchoUpstream(), CaptureApp()], ids=["echo", "capture"])
+async def test_a_client_that_leaves_mid_body_gets_no_answer(app: Any) -> None:
+    incoming = [
+        {"type": "http.request", "body": b'{"model": ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return incoming.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [],
+        "query_string": b"",
+    }
+    await app(scope, receive, send)
+    assert sent == []
+    if isinstance(app, CaptureApp):
+        assert app.requests == []
