@@ -272,3 +272,65 @@ def test_serve_without_uvicorn(
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve", "--upstream", "echo", "--prompts", str(ROOT / PROMPTS)]) == 1
     assert "pip install 'prompt-middleware[server]'" in capsys.readouterr().err
+
+
+def test_serve_responses_with_hosted_prompt_object() -> None:
+    """OpenAI's hosted-prompt call, unchanged, through the gateway (issue: migration path)."""
+    with (
+        _serving("--upstream", "echo", "--prompts", PROMPTS) as (url, _),
+        openai.OpenAI(api_key="sk-any", base_url=url + "/v1", max_retries=0) as client,
+    ):
+        prompt = {
+            "id": "pmpt_abc123",
+            "version": "3",
+            "variables": {"city": "Lyon", "traveller": {"type": "input_text", "text": "Ada"}},
+        }
+        response = client.responses.create(model="gpt-4.1", prompt=prompt, input="Three days.")  # type: ignore[arg-type]
+        with client.responses.stream(model="gpt-4.1", prompt=prompt, input="Two days.") as stream:  # type: ignore[arg-type]
+            final = stream.get_final_response()
+    expected = [{"role": "developer", "content": "You plan trips to Lyon for Ada."}]
+    assert json.loads(response.output_text)["input"] == [
+        *expected,
+        {"role": "user", "content": "Three days."},
+    ]
+    assert json.loads(final.output_text)["input"] == [
+        *expected,
+        {"role": "user", "content": "Two days."},
+    ]
+
+
+def test_render_and_serve_with_langfuse() -> None:
+    """`--langfuse` reads the LANGFUSE_* variables, as the Langfuse SDK does."""
+    from .fake_langfuse import FakeLangfuse, running_fake
+
+    fake = FakeLangfuse()
+    fake.add_prompt("pk-lf-cli", "sk-lf-cli", "team/hello", "Hello {{who}} from Langfuse")
+    with running_fake(fake) as langfuse_url:
+        env = _env(
+            LANGFUSE_PUBLIC_KEY="pk-lf-cli",
+            LANGFUSE_SECRET_KEY="sk-lf-cli",
+            LANGFUSE_HOST=langfuse_url,
+        )
+        rendered = subprocess.run(
+            [*COMMAND, "render", "team/hello", "--var", "who=CLI", "--langfuse"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        with (
+            _serving("--upstream", "echo", "--langfuse", env=env) as (url, log),
+            openai.OpenAI(api_key="sk-any", base_url=url + "/v1", max_retries=0) as client,
+        ):
+            result = client.chat.completions.create(
+                model="m",
+                messages=[],
+                extra_body={"prompt_id": "team/hello", "prompt_variables": {"who": "gateway"}},
+            )
+    assert rendered.returncode == 0, rendered.stderr
+    assert json.loads(rendered.stdout) == [{"role": "user", "content": "Hello CLI from Langfuse"}]
+    sent = json.loads(result.choices[0].message.content or "")
+    assert sent["messages"] == [{"role": "user", "content": "Hello gateway from Langfuse"}]
+    assert not any("sk-lf-cli" in line for line in log)
