@@ -11,10 +11,12 @@ Each size comes in three shapes:
 
 * `prompt`      a `prompt_id` request: the middleware parses, fetches (warm cache), compiles and
                 re-serialises it (case d);
-* `plain`       the same conversation with the system prompt inline and no prompt fields; no
+* `plain`       the same conversation with the system prompt inline and no prompt fields: no
                 byte of it matches the middleware's pre-filter, so it is forwarded unparsed (c);
-* `plain_word`  `plain` plus one user turn that mentions the word "prompt": the pre-filter cannot
-                rule it out, so the body is parsed and then the original bytes forwarded (c-parse).
+* `plain_word`  `plain` plus one user turn that starts with the word "prompt": the pre-filter
+                cannot rule it out, so the body is parsed and then the original bytes forwarded
+                (c-parse). Before issue #6 the pre-filter looked for `prompt` anywhere, so the
+                word anywhere in a message did this; now only a string that starts with it does.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def body_for(size: str, shape: str = "prompt") -> bytes:
     elif shape == "plain":
         data = {**common, "messages": [{"role": "system", "content": _system_text()}, *messages]}
     elif shape == "plain_word":
-        ask = {"role": "user", "content": "Thanks. Can you shorten that reply? Same prompt."}
+        ask = {"role": "user", "content": "prompt: the same reply, shorter. Thanks."}
         data = {
             **common,
             "messages": [{"role": "system", "content": _system_text()}, *messages, ask],
@@ -133,7 +135,7 @@ def body_for(size: str, shape: str = "prompt") -> bytes:
         raise ValueError(f"unknown body shape {shape!r}")
     body = _dumps(data)
     if shape == "plain" and any(m in body for m in (b"prompt", b"langfuse_", b"\\u")):
-        raise AssertionError("the plain body must not match the middleware's pre-filter")
+        raise AssertionError("the plain body must not match any version's pre-filter")
     return body
 
 

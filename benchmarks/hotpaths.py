@@ -8,8 +8,8 @@
    the library's internal functions the way the middleware does. A step whose function has been
    renamed or removed is skipped with a note; these are internals, not API.
 
-Scratch comparisons with other JSON libraries are in the README ("Performance"), not here, so this
-script needs nothing beyond the test environment.
+Needs nothing beyond the test environment (orjson is a dependency of the library since the
+hot-path work of issue #6). Steps that older versions lack show as "renamed/removed".
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import orjson
 from _report import machine_info, print_machine, table
 from _workload import (
     CHAT_PATH,
@@ -93,6 +94,7 @@ def breakdown(size: str) -> list[list[str]]:
         return getattr(module, name, None)
 
     parse = get(r, "parse_json_object")
+    find = get(r, "find_prompt_request")
     data = parse(body) if parse else json.loads(body)
     read = get(r, "read_prompt_request")
     request = read(data, {}, allow_credentials=False) if read else None
@@ -121,13 +123,27 @@ def breakdown(size: str) -> list[list[str]]:
         coding = None
     with_headers = get(m, "_with_prompt_headers")
     markers = getattr(mw, "_markers", None)
+    plain = body_for(size, "plain")
+
+    def scan(data: bytes) -> Callable[[], Any]:
+        # Byte strings before issue #6, compiled patterns since.
+        if markers and isinstance(markers[0], bytes):
+            return lambda: any(m in data for m in markers)
+        return lambda: any(m.search(data) for m in markers)  # type: ignore[union-attr]
+
     strip = get(r, "strip_prompt_fields")
     apply_config = get(r, "apply_model_and_config")
     params = get(r, "CHAT_CONFIG_PARAMS")
 
     steps = [
-        ("pre-filter: marker scan", (lambda: any(x in body for x in markers)) if markers else None),
+        ("pre-filter on this body (finds a marker)", scan(body) if markers else None),
+        ("pre-filter on the c body (finds none)", scan(plain) if markers else None),
+        (
+            "find_prompt_request (parse + read)",
+            (lambda: find(body, {}, allow_credentials=False)) if find else None,
+        ),
         ("parse_json_object", (lambda: parse(body)) if parse else None),
+        ("  for scale: bare orjson.loads(body)", lambda: orjson.loads(body)),
         ("  for scale: bare json.loads(body)", lambda: json.loads(body)),
         (
             "read_prompt_request",
@@ -147,7 +163,7 @@ def breakdown(size: str) -> list[list[str]]:
             if apply_config and params
             else None,
         ),
-        ("dump_json (json.dumps + encode)", (lambda: dump(out_obj)) if dump else None),
+        ("dump_json", (lambda: dump(out_obj)) if dump else None),
         (
             "build_chat_body (the 4 above)",
             (lambda: build(data, request, prompt, mw.options)) if build and request else None,

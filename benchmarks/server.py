@@ -12,7 +12,7 @@ The tables show the medians over rounds of middleware ÷ bare, with the interqua
 Scenarios (the typical ~4 KB body of benchmarks/_workload.py):
   prompt       a prompt_id request, warm cache: parse, compile, serialise (case d)
   plain        no prompt fields: forwarded unparsed after the pre-filter (case c)
-  plain_word   no prompt fields but the word "prompt" in a message: parsed, forwarded (c-parse)
+  plain_word   no prompt fields, but a message starts with "prompt": parsed, forwarded (c-parse)
 Only 127.0.0.1 is used; every run is bounded by --duration.
 """
 

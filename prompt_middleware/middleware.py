@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._asgi import replay
 from .cache import CachedRegistry
 from .encoding import content_coding, decodable, decode_body
 from .errors import InvalidPrompt, PromptMiddlewareError, RequestTooLarge, send_error
@@ -22,8 +24,8 @@ from .request import (
     RewriteOptions,
     build_chat_body,
     build_responses_body,
-    parse_json_object,
-    read_prompt_request,
+    find_prompt_request,
+    reference_markers,
 )
 
 __all__ = ["PromptMiddleware"]
@@ -32,9 +34,6 @@ logger = logging.getLogger("prompt_middleware")
 
 DEFAULT_SUFFIXES = ("/chat/completions", "/responses")
 RESPONSES_SUFFIX = "/responses"
-# Byte strings whose absence proves a UTF-8 JSON body references no prompt and carries no
-# credentials (an escaped key like "\u0070rompt_id" contains a backslash-u).
-_MARKERS = (b"prompt", b"langfuse_", b"\\u")
 _BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
 # x-prompt-name: longer names are cut (HTTP clients cap header sizes, h11 at 16 KiB in all).
 _MAX_NAME_HEADER = 1024
@@ -80,7 +79,7 @@ class PromptMiddleware:
             alias: ModelPrompt.coerce(alias, value)
             for alias, value in (model_prompts or {}).items()
         }
-        self._markers = _MARKERS + tuple(alias.encode() for alias in self.model_prompts)
+        self._markers = reference_markers(self.model_prompts)
         self.allow_request_credentials = allow_request_credentials
         self._tenants = (
             _tenant_pool(registry, allowed_langfuse_hosts) if allow_request_credentials else None
@@ -104,24 +103,37 @@ class PromptMiddleware:
         return path in self._paths
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers: list[tuple[bytes, bytes]] = list(scope["headers"])
-        coding = content_coding(headers)
+        limit = self.max_body_size
+        kept: list[tuple[bytes, bytes]] = []  # the headers for the app if the body is rewritten
+        codings: list[tuple[bytes, bytes]] = []
+        too_large = False
+        for header in scope["headers"]:
+            name = header[0].lower()
+            if name not in _BODY_HEADERS:
+                kept.append(header)
+            elif name == b"content-encoding":
+                codings.append(header)
+            elif name == b"content-length" and _declares_more(header[1], limit):
+                too_large = True
+        coding = content_coding(codings) if codings else ""
         if not decodable(coding):
             # A coding we cannot undo (br, zstd, stacked ones): forwarded as is; see the README.
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._read_body(headers, receive)
+            if too_large:  # refused before reading, so the client gets no 100 Continue
+                raise _too_large(limit)
+            body = await self._read_body(receive)
             if body is None:  # the client left before the body was complete
                 return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
-            decoded = decode_body(body, coding, self.max_body_size)
+            decoded = decode_body(body, coding, limit)
         except PromptMiddlewareError as exc:
             await send_error(send, exc)
             return
 
         rewritten: tuple[bytes, Prompt] | None = None
-        if any(marker in decoded for marker in self._markers):
+        if any(marker.search(decoded) for marker in self._markers):  # else it has no reference
             try:
                 rewritten = await self._rewrite(decoded, scope["path"].endswith(RESPONSES_SUFFIX))
             except PromptMiddlewareError as exc:
@@ -135,26 +147,19 @@ class PromptMiddleware:
                 return
 
         if rewritten is None:  # the original bytes and headers, compressed or not
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         new_body, prompt = rewritten
+        kept.append((b"content-length", str(len(new_body)).encode("ascii")))
         inner_scope = dict(scope)
-        inner_scope["headers"] = [
-            *(h for h in headers if h[0].lower() not in _BODY_HEADERS),
-            (b"content-length", str(len(new_body)).encode("ascii")),
-        ]
+        inner_scope["headers"] = kept
         state = scope.get("state")
         inner_scope["state"] = state = {} if state is None else state
         state["prompt"] = prompt
-        await self.app(inner_scope, _replay(new_body, receive), _with_prompt_headers(send, prompt))
+        await self.app(inner_scope, replay(new_body, receive), _with_prompt_headers(send, prompt))
 
-    async def _read_body(
-        self, headers: list[tuple[bytes, bytes]], receive: Receive
-    ) -> bytes | None:
+    async def _read_body(self, receive: Receive) -> bytes | None:
         limit = self.max_body_size
-        for name, value in headers:
-            if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-                raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -171,14 +176,12 @@ class PromptMiddleware:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _rewrite(self, body: bytes, responses: bool) -> tuple[bytes, Prompt] | None:
-        data = parse_json_object(body)
-        if data is None:
-            return None
-        request = read_prompt_request(
-            data, self.model_prompts, allow_credentials=self.allow_request_credentials
+        found = find_prompt_request(
+            body, self.model_prompts, allow_credentials=self.allow_request_credentials
         )
-        if request is None:
+        if found is None:
             return None
+        data, request = found
         prompt = await self._fetch(request)
         build = build_responses_body if responses else build_chat_body
         return build(data, request, prompt, self.options), prompt
@@ -237,25 +240,8 @@ class PromptMiddleware:
             await closer()
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """Hand out the buffered body once; later calls wait on the server (disconnect detection)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
 def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
-    extra = [
-        (b"x-prompt-name", _name_header(prompt.name)),
-        (b"x-prompt-version", str(prompt.version).encode("ascii")),
-    ]
+    extra = _prompt_headers(prompt.name, prompt.version)
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -263,6 +249,14 @@ def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
         await send(message)
 
     return send_with_headers
+
+
+@lru_cache(maxsize=1024)
+def _prompt_headers(name: str, version: int) -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        (b"x-prompt-name", _name_header(name)),
+        (b"x-prompt-version", str(version).encode("ascii")),
+    )
 
 
 def _name_header(name: str) -> bytes:
@@ -282,6 +276,16 @@ def _name_header(name: str) -> bytes:
             kept.append(piece)
         encoded = "".join(kept) + _ELLIPSIS
     return encoded.encode("ascii")
+
+
+def _declares_more(length: bytes, limit: int) -> bool:
+    """Whether a content-length value is a number above `limit` (int() refuses 4,300+ digits)."""
+    if not length.isdigit():
+        return False
+    if len(length) <= 18:
+        return int(length) > limit
+    digits = length.lstrip(b"0")
+    return len(digits) > len(str(limit)) or int(digits or b"0") > limit
 
 
 def _too_large(limit: int) -> RequestTooLarge:
