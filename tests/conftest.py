@@ -1,9 +1,29 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from .fake_langfuse import FakeLangfuse, running_fake
 
 
 # Explicit, so a missing trio fails loudly instead of silently dropping half the runs.
 @pytest.fixture(params=["asyncio", "trio"], scope="session")
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[FakeLangfuse, str]]:
+    """A fake Langfuse on a real loopback server, shared by one test module: (fake, base URL)."""
+    fake = FakeLangfuse()
+    with running_fake(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def clean_fake(served: tuple[FakeLangfuse, str]) -> Iterator[FakeLangfuse]:
+    """The module's fake Langfuse, emptied for this test; slow answers end when it is over."""
+    served[0].reset()
+    yield served[0]
+    served[0].release()

@@ -33,7 +33,7 @@ from prompt_middleware import (
     UpstreamProxy,
 )
 
-from .fake_langfuse import FakeLangfuse, running_fake
+from .fake_langfuse import FakeLangfuse
 from .helpers import Recorder, client_for, text_prompt
 from .servers import free_port, running_server
 
@@ -164,19 +164,10 @@ async def test_hung_file_system_is_cut_off_by_fetch_timeout(
 # --- Langfuse failures, through the middleware ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeLangfuse, str]]:
-    fake = FakeLangfuse()
-    with running_fake(fake) as url:
-        yield fake, url
-
-
 @pytest.fixture
-def fake(served: tuple[FakeLangfuse, str]) -> Iterator[FakeLangfuse]:
-    served[0].reset()
-    served[0].add_prompt(PK, SK, "greet", "Hello {{name}}!")
-    yield served[0]
-    served[0].release()
+def fake(clean_fake: FakeLangfuse) -> FakeLangfuse:
+    clean_fake.add_prompt(PK, SK, "greet", "Hello {{name}}!")
+    return clean_fake
 
 
 def langfuse(url: str, **kwargs: Any) -> LangfuseRegistry:

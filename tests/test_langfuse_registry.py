@@ -42,18 +42,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.lower(), raising=False)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeLangfuse, str]]:
-    fake = FakeLangfuse()
-    with running_fake(fake) as url:
-        yield fake, url
-
-
 @pytest.fixture
-def fake(served: tuple[FakeLangfuse, str]) -> Iterator[FakeLangfuse]:
-    served[0].reset()
-    yield served[0]
-    served[0].release()
+def fake(clean_fake: FakeLangfuse) -> FakeLangfuse:
+    return clean_fake
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from prompt_middleware import LangfuseRegistry, PromptMiddleware
 
-from .fake_langfuse import FakeLangfuse, running_fake
+from .fake_langfuse import FakeLangfuse
 from .helpers import Recorder, client_for
 
 pytestmark = pytest.mark.anyio
@@ -22,21 +22,12 @@ A_PK, A_SK = "pk-lf-tenant-a", "sk-lf-tenant-a-secret"
 B_PK, B_SK = "pk-lf-tenant-b", "sk-lf-tenant-b-secret"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeLangfuse, str]]:
-    fake = FakeLangfuse()
-    with running_fake(fake) as url:
-        yield fake, url
-
-
 @pytest.fixture
-def fake(served: tuple[FakeLangfuse, str]) -> Iterator[FakeLangfuse]:
-    served[0].reset()
-    served[0].add_prompt(BASE_PK, BASE_SK, "greet", "base says hi")
-    served[0].add_prompt(A_PK, A_SK, "greet", "tenant A says hi")
-    served[0].add_prompt(B_PK, B_SK, "greet", "tenant B says hi")
-    yield served[0]
-    served[0].release()
+def fake(clean_fake: FakeLangfuse) -> FakeLangfuse:
+    clean_fake.add_prompt(BASE_PK, BASE_SK, "greet", "base says hi")
+    clean_fake.add_prompt(A_PK, A_SK, "greet", "tenant A says hi")
+    clean_fake.add_prompt(B_PK, B_SK, "greet", "tenant B says hi")
+    return clean_fake
 
 
 @asynccontextmanager

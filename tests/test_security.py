@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from prompt_middleware import (
 from prompt_middleware.prompts import PromptRef
 from prompt_middleware.request import Credentials, PromptRequest
 
-from .fake_langfuse import FakeLangfuse, running_fake
+from .fake_langfuse import FakeLangfuse
 from .helpers import Recorder, client_for
 from .servers import running_server
 
@@ -45,23 +44,14 @@ BEARER = "sk-proj-CLIENT-OPENAI-SECRET"
 SECRETS = (BASE_SK, A_SK, B_SK, C_SK, WRONG_SK, BEARER)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeLangfuse, str]]:
-    fake = FakeLangfuse()
-    with running_fake(fake) as url:
-        yield fake, url
-
-
 @pytest.fixture
-def fake(served: tuple[FakeLangfuse, str]) -> Iterator[FakeLangfuse]:
-    fake = served[0]
-    fake.reset()
+def fake(clean_fake: FakeLangfuse) -> FakeLangfuse:
+    fake = clean_fake
     for pk, sk, who in ((BASE_PK, BASE_SK, "base"), (A_PK, A_SK, "A"), (B_PK, B_SK, "B")):
         for prompt in ("greet", "farewell", "triage"):
             fake.add_prompt(pk, sk, prompt, f"{who} {prompt} says hi to {{{{user}}}}")
     fake.add_prompt(C_PK, C_SK, "greet", "C greet says hi to {{user}}")
-    yield fake
-    fake.release()
+    return fake
 
 
 class Upstream:
