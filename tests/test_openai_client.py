@@ -119,7 +119,7 @@ async def test_streaming_with_prompt() -> None:
         async with stream:
             text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert json.loads(text)["messages"] == [
-        {"role": "user", "content": "Say hello to Bo in Danish, in one short sentence.\n"}
+        {"role": "user", "content": "Say hello to Bo in Danish, in one short sentence."}
     ]
 
 

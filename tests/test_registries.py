@@ -147,8 +147,8 @@ def test_file_registry_needs_an_existing_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ext", [".txt", ".md"])
 async def test_text_files(root: Path, ext: str) -> None:
-    body = "Hello {{name}} — ünïcode\n\nsecond line\n"
-    write(root / f"greet{ext}", body)
+    body = "Hello {{name}} — ünïcode\n\nsecond line"
+    write(root / f"greet{ext}", body + "\n")
     prompt = await FileRegistry(root).get_prompt("greet")
     assert prompt == Prompt(
         name="greet", version=1, type="text", prompt=body, labels=("production",)
@@ -156,6 +156,23 @@ async def test_text_files(root: Path, ext: str) -> None:
     assert (await FileRegistry(root).get_prompt("greet", version=1)) == prompt
     assert (await FileRegistry(root).get_prompt("greet", label="latest")) == prompt
     assert prompt.compile({"name": "Ada"})[0]["content"].startswith("Hello Ada — ")
+
+
+@pytest.mark.parametrize(
+    ("content", "prompt"),
+    [
+        ("one line\n", "one line"),
+        ("one line\r\n", "one line"),
+        ("no newline", "no newline"),
+        ("blank line kept\n\n", "blank line kept\n"),
+        ("\n", ""),
+    ],
+)
+async def test_text_file_loses_only_its_final_newline(
+    root: Path, content: str, prompt: str
+) -> None:
+    (root / "t.txt").write_bytes(content.encode())
+    assert (await FileRegistry(root).get_prompt("t")).prompt == prompt
 
 
 async def test_json_single_object(root: Path) -> None:

@@ -32,7 +32,8 @@ class FileRegistry:
     - `.json`: a Langfuse-shaped prompt object (`type`, `prompt`, `config`, `version`, `labels`)
       or a list of such objects, one per version.
     - `.yaml` / `.yml`: the same, with the `yaml` extra installed.
-    - `.txt` / `.md`: the whole file is a text prompt, version 1.
+    - `.txt` / `.md`: the whole file is a text prompt, version 1 (less the newline that ends
+      its last line).
 
     When no version in a file carries the `production` label, the highest version gets it, so a
     file without labels is served to requests that name no version or label.
@@ -93,7 +94,9 @@ def _is_safe_name(name: str) -> bool:
 
 def _versions(name: str, suffix: str, raw: str) -> PromptVersions:
     if suffix in TEXT_EXTENSIONS:
-        entries: list[Any] = [{"type": "text", "prompt": raw}]
+        # The newline that ends a text file's last line is the file's, not the prompt's.
+        text = raw[:-2] if raw.endswith("\r\n") else raw.removesuffix("\n")
+        entries: list[Any] = [{"type": "text", "prompt": text}]
     else:
         data = _parse_structured(name, suffix, raw)
         entries = data if isinstance(data, list) else [data]
