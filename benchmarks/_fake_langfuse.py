@@ -21,6 +21,8 @@ import anyio
 from _workload import make_prompt
 from starlette.types import Receive, Scope, Send
 
+from prompt_middleware._asgi import answer_lifespan
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.servers import running_server
 
@@ -72,11 +74,8 @@ class FakeLangfuse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await answer_lifespan(receive, send)
+            return
         raw = (scope.get("raw_path") or scope["path"].encode()).decode("ascii")
         name = urllib.parse.unquote(raw[len(PROMPTS_PATH) :])
         if raw.startswith(PROMPTS_PATH) and name.startswith("bench-"):

@@ -29,6 +29,7 @@ import anyio
 from starlette.types import Message, Receive, Scope, Send
 
 from prompt_middleware import InMemoryRegistry, Prompt, PromptMiddleware
+from prompt_middleware._asgi import answer_lifespan
 
 __all__ = [
     "PROMPT_NAME",
@@ -230,11 +231,8 @@ class BareApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await answer_lifespan(receive, send)
+            return
         chunks = []
         while True:
             message = await receive()

@@ -5,9 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Send
 
-__all__ = ["json_text", "read_body", "replay"]
+__all__ = ["answer_lifespan", "json_text", "read_body", "replay"]
+
+
+async def answer_lifespan(receive: Receive, send: Send) -> None:
+    """Answer the ASGI lifespan protocol for an app that has nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def read_body(receive: Receive) -> bytes | None:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from starlette.types import Receive, Scope, Send
 
-from ._asgi import json_text, read_body
+from ._asgi import answer_lifespan, json_text, read_body
 from .errors import error_body
 
 __all__ = ["EchoUpstream"]
@@ -51,7 +51,7 @@ class EchoUpstream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -253,13 +253,3 @@ async def _send_json(send: Send, status: int, data: Any) -> None:
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -35,6 +35,8 @@ from typing import Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from prompt_middleware._asgi import answer_lifespan
+
 from .servers import running_server
 
 __all__ = ["PROMPTS_PATH", "FakeLangfuse", "SeenRequest", "running_fake"]
@@ -164,11 +166,8 @@ class FakeLangfuse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await answer_lifespan(receive, send)
+            return
         assert scope["type"] == "http"
         status, headers, body = await self._respond(scope)
         await send(
