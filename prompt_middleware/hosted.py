@@ -87,20 +87,17 @@ def fill_parts(messages: list[dict[str, Any]], parts: Parts, *, chat: bool) -> N
             continue
         part = parts.get(content.strip())
         if part is None:
-            names = [name for marker, (name, _) in parts.items() if marker in content]
-            if not names:
+            inside = [found for marker, found in parts.items() if marker in content]
+            if not inside:
                 continue
+            name, value = inside[0]
             raise InvalidPromptVariables(
-                f"Variable {names[0]!r} is an {parts_kind(parts, names[0])} part: it can only be "
+                f"Variable {name!r} is an {value.get('type')} part: it can only be "
                 "a message's whole content, not part of its text.",
                 param="prompt.variables",
             )
         name, value = part
         message["content"] = [_chat_part(name, value) if chat else dict(value)]
-
-
-def parts_kind(parts: Parts, name: str) -> str:
-    return next(str(v.get("type")) for n, v in parts.values() if n == name)
 
 
 def _chat_part(name: str, part: Mapping[str, Any]) -> dict[str, Any]:
