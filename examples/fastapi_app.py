@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai import AsyncOpenAI
 
 from prompt_middleware import FileRegistry, PromptMiddleware
-from prompt_middleware.echo import EchoUpstream
+from prompt_middleware.gateway.echo import EchoUpstream
 from prompt_middleware.testing import openai_client
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"

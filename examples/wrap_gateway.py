@@ -34,7 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prompt_middleware import FileRegistry, PromptMiddleware, UpstreamProxy
-from prompt_middleware.echo import EchoUpstream
+from prompt_middleware.gateway.echo import EchoUpstream
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 GATEWAY_KEY = os.environ.get("GATEWAY_KEY", "sk-gateway")

@@ -1,18 +1,17 @@
 """Managed prompts in front of any OpenAI-compatible endpoint, as pure ASGI middleware."""
 
-from .cache import CachedRegistry
-from .errors import (
+from .core.errors import (
     InvalidPromptRequest,
     MissingVariables,
     PromptMiddlewareError,
     PromptNotFound,
     RegistryUnavailable,
 )
+from .core.prompts import Prompt, PromptRef
+from .gateway.upstream import UpstreamProxy
 from .middleware import PromptMiddleware
-from .prompts import Prompt, PromptRef
-from .registries import FileRegistry, InMemoryRegistry, PromptRegistry
+from .registries import CachedRegistry, FileRegistry, InMemoryRegistry, PromptRegistry
 from .registries.langfuse import LangfuseRegistry
-from .upstream import UpstreamProxy
 
 __all__ = [
     "CachedRegistry",

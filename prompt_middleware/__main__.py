@@ -1,5 +1,5 @@
 """`python -m prompt_middleware`: the `prompt-middleware` command."""
 
-from .cli import main
+from .gateway.cli import main
 
 raise SystemExit(main())

@@ -1,13 +1,27 @@
-"""Small helpers shared by the middleware, the echo upstream, the testing apps and the CLI."""
+"""Small ASGI chores, written once: JSON answers, bounded body reads, replay, lifespan, paths.
+
+Used by the middleware, the gateway's apps (upstream proxy, echo upstream) and the testing apps.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Receive, Scope, Send
 
-__all__ = ["answer_lifespan", "json_text", "read_body", "replay"]
+from .core.errors import PromptMiddlewareError
+
+__all__ = [
+    "answer_lifespan",
+    "json_text",
+    "read_body",
+    "replay",
+    "route_path",
+    "send_error",
+    "send_json",
+]
 
 
 async def answer_lifespan(receive: Receive, send: Send) -> None:
@@ -43,6 +57,35 @@ def json_text(data: Any, **options: Any) -> str:
     return text
 
 
+async def send_json(
+    send: Send,
+    status: int,
+    data: Any,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer with `data` as JSON (and any extra `headers`); no response may have started."""
+    body = json_text(data).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(
+    send: Send, error: PromptMiddlewareError, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with `error` in OpenAI's shape, at its status; no response may have started."""
+    await send_json(send, error.status_code, error.to_dict(), headers)
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """Hand out `body` once; later calls wait on the server (so disconnects still arrive).
 
@@ -59,3 +102,15 @@ def replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replayed
+
+
+def route_path(scope: Scope) -> str:
+    """`scope["path"]` below the mount prefix `root_path`, which ends at a segment boundary.
+
+    A prefix that does not end at a `/` (root `/api`, path `/apiv1/...`) is not a mount of it.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :]
+    return path

@@ -11,13 +11,11 @@ from urllib.parse import quote
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ._asgi import replay
-from .cache import CachedRegistry
-from .encoding import content_coding, decodable, decode_body
-from .errors import InvalidPrompt, PromptMiddlewareError, RequestTooLarge, send_error
-from .prompts import Prompt
-from .registries.base import PromptRegistry
-from .request import (
+from ._asgi import replay, send_error
+from .core.encoding import content_coding, decodable, decode_body
+from .core.errors import InvalidPrompt, PromptMiddlewareError, RequestTooLarge
+from .core.prompts import Prompt
+from .core.request import (
     ClientMessages,
     ModelPrompt,
     PromptRequest,
@@ -27,6 +25,8 @@ from .request import (
     find_prompt_request,
     reference_markers,
 )
+from .registries.base import PromptRegistry
+from .registries.cache import CachedRegistry
 
 __all__ = ["PromptMiddleware"]
 

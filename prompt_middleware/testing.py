@@ -28,7 +28,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._asgi import read_body, replay
-from .echo import EchoUpstream
+from .gateway.echo import EchoUpstream
 
 if TYPE_CHECKING:
     import openai

@@ -12,15 +12,15 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from prompt_middleware.cache import CachedRegistry, CacheStats
-from prompt_middleware.errors import (
+from prompt_middleware.registries.cache import CachedRegistry, CacheStats
+from prompt_middleware.core.errors import (
     InvalidPrompt,
     PromptMiddlewareError,
     PromptNotFound,
     RegistryAuthError,
     RegistryUnavailable,
 )
-from prompt_middleware.prompts import Prompt
+from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.registries.memory import InMemoryRegistry
 
 pytestmark = pytest.mark.anyio

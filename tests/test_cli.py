@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from prompt_middleware.cli import main
+from prompt_middleware.gateway.cli import main
 from prompt_middleware.testing import CaptureApp
 
 from .servers import free_port, running_server

@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionUserMessageParam
 
-from prompt_middleware.cli import _parser, main
+from prompt_middleware.gateway.cli import _parser, main
 from prompt_middleware.testing import asgi_client, openai_client
 
 from .servers import running_server

@@ -28,10 +28,10 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from prompt_middleware import InMemoryRegistry, PromptMiddleware
-from prompt_middleware.encoding import decode_body
-from prompt_middleware.errors import InvalidContentEncoding, PromptMiddlewareError, RequestTooLarge
-from prompt_middleware.prompts import compile_template
-from prompt_middleware.request import (
+from prompt_middleware.core.encoding import decode_body
+from prompt_middleware.core.errors import InvalidContentEncoding, PromptMiddlewareError, RequestTooLarge
+from prompt_middleware.core.prompts import compile_template
+from prompt_middleware.core.request import (
     CREDENTIAL_FIELDS,
     PROMPT_FIELDS,
     ModelPrompt,

@@ -31,9 +31,9 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from prompt_middleware import FileRegistry, InMemoryRegistry, Prompt, PromptMiddleware
-from prompt_middleware.echo import EchoUpstream
-from prompt_middleware.encoding import content_coding, decodable, decode_body
-from prompt_middleware.errors import (
+from prompt_middleware.gateway.echo import EchoUpstream
+from prompt_middleware.core.encoding import content_coding, decodable, decode_body
+from prompt_middleware.core.errors import (
     InvalidContentEncoding,
     InvalidPromptVariables,
     RequestTooLarge,

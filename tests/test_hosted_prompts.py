@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from prompt_middleware import FileRegistry, InMemoryRegistry, PromptMiddleware
-from prompt_middleware.echo import EchoUpstream
+from prompt_middleware.gateway.echo import EchoUpstream
 
 from .helpers import Recorder, chat_prompt, client_for, text_prompt
 

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prompt_middleware import InMemoryRegistry, PromptMiddleware
-from prompt_middleware.errors import InvalidPromptRequest, PromptMiddlewareError
-from prompt_middleware.request import (
+from prompt_middleware.core.errors import InvalidPromptRequest, PromptMiddlewareError
+from prompt_middleware.core.request import (
     CREDENTIAL_FIELDS,
     PROMPT_FIELDS,
     ModelPrompt,

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from langfuse.api import Prompt_Chat, Prompt_Text
 from langfuse.model import ChatPromptClient, TemplateParser, TextPromptClient
 
-from prompt_middleware.errors import InvalidPromptVariables
-from prompt_middleware.prompts import Prompt, compile_template
+from prompt_middleware.core.errors import InvalidPromptVariables
+from prompt_middleware.core.prompts import Prompt, compile_template
 
 SETTINGS = settings(
     max_examples=400,

@@ -11,14 +11,14 @@ import anyio
 import httpx
 import pytest
 
-from prompt_middleware.errors import (
+from prompt_middleware.core.errors import (
     InvalidPrompt,
     InvalidPromptRequest,
     PromptNotFound,
     RegistryAuthError,
     RegistryUnavailable,
 )
-from prompt_middleware.prompts import Prompt
+from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.registries.langfuse import LangfuseRegistry, LangfuseTenants
 
 from .fake_langfuse import FakeLangfuse, running_fake

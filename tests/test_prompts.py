@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from prompt_middleware.errors import InvalidPrompt, InvalidPromptVariables
-from prompt_middleware.prompts import (
+from prompt_middleware.core.errors import InvalidPrompt, InvalidPromptVariables
+from prompt_middleware.core.prompts import (
     DEFAULT_LABEL,
     CompiledPrompt,
     Prompt,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from prompt_middleware.errors import InvalidPrompt, PromptNotFound
-from prompt_middleware.prompts import Prompt
+from prompt_middleware.core.errors import InvalidPrompt, PromptNotFound
+from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.registries import FileRegistry, InMemoryRegistry, PromptRegistry
 
 pytestmark = pytest.mark.anyio

@@ -26,8 +26,8 @@ from prompt_middleware import (
     PromptMiddleware,
     UpstreamProxy,
 )
-from prompt_middleware.prompts import PromptRef
-from prompt_middleware.request import Credentials, PromptRequest
+from prompt_middleware.core.prompts import PromptRef
+from prompt_middleware.core.request import Credentials, PromptRequest
 
 from .fake_langfuse import FakeLangfuse
 from .helpers import Recorder, client_for

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from prompt_middleware import CachedRegistry, InMemoryRegistry, PromptMiddleware
-from prompt_middleware.echo import EchoUpstream
+from prompt_middleware.gateway.echo import EchoUpstream
 from prompt_middleware.testing import asgi_client
 
 from .helpers import chat_prompt, text_prompt

@@ -1,7 +1,8 @@
 """Prompt sources: the `PromptRegistry` protocol and its implementations."""
 
 from .base import PromptRegistry
+from .cache import CachedRegistry
 from .files import FileRegistry
 from .memory import InMemoryRegistry
 
-__all__ = ["FileRegistry", "InMemoryRegistry", "PromptRegistry"]
+__all__ = ["CachedRegistry", "FileRegistry", "InMemoryRegistry", "PromptRegistry"]

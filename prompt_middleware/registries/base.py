@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..prompts import Prompt
+from ..core.prompts import Prompt
 
 __all__ = ["PromptRegistry"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 
-from ..errors import InvalidPrompt
-from ..prompts import DEFAULT_LABEL, Prompt, PromptRef
+from ..core.errors import InvalidPrompt
+from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .memory import PromptVersions, lookup
 
 __all__ = ["FileRegistry"]

@@ -34,14 +34,14 @@ import anyio
 import httpx
 from cachetools import LRUCache
 
-from ..errors import (
+from ..core.errors import (
     InvalidPrompt,
     InvalidPromptRequest,
     PromptNotFound,
     RegistryAuthError,
     RegistryUnavailable,
 )
-from ..prompts import Prompt, PromptRef
+from ..core.prompts import Prompt, PromptRef
 
 __all__ = ["DEFAULT_BASE_URL", "LangfuseRegistry", "LangfuseTenants"]
 

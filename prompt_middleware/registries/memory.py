@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..errors import PromptNotFound
-from ..prompts import Prompt, PromptRef
+from ..core.errors import PromptNotFound
+from ..core.prompts import Prompt, PromptRef
 
 __all__ = ["InMemoryRegistry", "PromptVersions"]
 

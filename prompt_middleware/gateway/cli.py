@@ -23,11 +23,11 @@ from typing import Any
 
 import anyio
 
-from ._asgi import json_text
+from .._asgi import json_text
+from ..core.errors import PromptMiddlewareError
+from ..core.prompts import Prompt
+from ..registries.base import PromptRegistry
 from .echo import EchoUpstream
-from .errors import PromptMiddlewareError
-from .prompts import Prompt
-from .registries.base import PromptRegistry
 
 __all__ = ["main"]
 
@@ -177,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise CLIError("'serve' needs uvicorn: pip install 'prompt-middleware[server]'") from None
-    from .middleware import PromptMiddleware
+    from ..middleware import PromptMiddleware
     from .upstream import UpstreamProxy
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
@@ -284,11 +284,11 @@ def _registry(args: argparse.Namespace) -> tuple[PromptRegistry, str]:
     """The registry chosen on the command line, and a description for the startup log."""
     try:
         if args.langfuse:
-            from .registries.langfuse import LangfuseRegistry
+            from ..registries.langfuse import LangfuseRegistry
 
             langfuse = LangfuseRegistry()
             return langfuse, f"Langfuse at {langfuse.base_url}"
-        from .registries.files import FileRegistry
+        from ..registries.files import FileRegistry
 
         files = FileRegistry(args.prompts)
         return files, f"files in {files.directory}"

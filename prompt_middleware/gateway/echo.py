@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from starlette.types import Receive, Scope, Send
 
-from ._asgi import answer_lifespan, json_text, read_body
-from .errors import error_body
+from .._asgi import answer_lifespan, json_text, read_body, send_json
+from ..core.errors import error_body
 
 __all__ = ["EchoUpstream"]
 
@@ -61,7 +61,7 @@ class EchoUpstream:
         method: str = scope["method"]
         path = scope["path"].rstrip("/")
         if method == "GET" and path.endswith("/models"):
-            await _send_json(send, 200, self._models())
+            await send_json(send, 200, self._models())
             return
         if method == "POST" and path.endswith(("/chat/completions", "/responses")):
             try:
@@ -71,7 +71,7 @@ class EchoUpstream:
             if not isinstance(request, dict):
                 message = "The request body must be a JSON object."
                 error = error_body(message, "invalid_request_error", None, "invalid_json")
-                await _send_json(send, 400, error)
+                await send_json(send, 400, error)
                 return
             reply = _Reply(self, request, body)
             if path.endswith("/responses"):
@@ -82,7 +82,7 @@ class EchoUpstream:
                 await _answer(send, reply.chat_completion(), chunks)
             return
         message = f"Invalid URL ({method} {scope['path']}): the echo upstream does not serve it."
-        await _send_json(send, 404, error_body(message, "invalid_request_error", None, "not_found"))
+        await send_json(send, 404, error_body(message, "invalid_request_error", None, "not_found"))
 
     def _models(self) -> dict[str, Any]:
         model = {"id": self.model, "object": "model", "created": 0, "owned_by": "prompt-middleware"}
@@ -237,19 +237,9 @@ def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
 
 async def _answer(send: Send, body: dict[str, Any], events: Iterator[bytes] | None) -> None:
     if events is None:
-        await _send_json(send, 200, body)
+        await send_json(send, 200, body)
         return
     await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
     for event in events:
         await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _send_json(send: Send, status: int, data: Any) -> None:
-    body = json_text(data).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode("ascii")),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

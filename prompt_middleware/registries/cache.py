@@ -30,9 +30,9 @@ import anyio
 import anyio.abc
 from cachetools import LRUCache
 
-from .errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
-from .prompts import DEFAULT_LABEL, Prompt, PromptRef
-from .registries.base import PromptRegistry
+from ..core.errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
+from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
+from .base import PromptRegistry
 
 __all__ = ["DEFAULT_MAX_STALE", "CacheStats", "CachedRegistry"]
 

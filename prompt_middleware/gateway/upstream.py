@@ -19,7 +19,8 @@ import anyio
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
-from .errors import error_body
+from .._asgi import send_json
+from ..core.errors import error_body
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "UpstreamProxy"]
 
@@ -337,17 +338,9 @@ class _Exchange:
             raise _ClientGone from exc
 
     async def send_error(self, failure: _Failure) -> None:
-        body = json.dumps(error_body(failure.message, "server_error", None, failure.code)).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode("ascii")),
-        ]
-        if failure.status == 503:
-            headers.append((b"retry-after", b"1"))
-        await self.send(
-            {"type": "http.response.start", "status": failure.status, "headers": headers}
-        )
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        body = error_body(failure.message, "server_error", None, failure.code)
+        retry = [(b"retry-after", b"1")] if failure.status == 503 else []
+        await send_json(self.send, failure.status, body, retry)
 
     async def start(self, response: httpx.Response) -> None:
         raw = response.headers.raw

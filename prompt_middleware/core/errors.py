@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import ClassVar
-
-from starlette.types import Send
 
 __all__ = [
     "InvalidContentEncoding",
@@ -21,7 +18,6 @@ __all__ = [
     "RequestCredentialsDisabled",
     "RequestTooLarge",
     "error_body",
-    "send_error",
 ]
 
 
@@ -134,19 +130,3 @@ def error_body(
     message: str, error_type: str, param: str | None, code: str
 ) -> dict[str, dict[str, str | None]]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-async def send_error(send: Send, error: PromptMiddlewareError) -> None:
-    """Answer a request with `error`; the caller guarantees no response has started."""
-    body = json.dumps(error.to_dict(), ensure_ascii=False).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode("ascii")),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
