@@ -12,7 +12,6 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from prompt_middleware.registries.cache import CachedRegistry, CacheStats
 from prompt_middleware.core.errors import (
     InvalidPrompt,
     PromptMiddlewareError,
@@ -21,6 +20,7 @@ from prompt_middleware.core.errors import (
     RegistryUnavailable,
 )
 from prompt_middleware.core.prompts import Prompt
+from prompt_middleware.registries.cache import CachedRegistry, CacheStats
 from prompt_middleware.registries.memory import InMemoryRegistry
 
 pytestmark = pytest.mark.anyio

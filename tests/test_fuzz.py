@@ -29,7 +29,11 @@ from hypothesis import strategies as st
 
 from prompt_middleware import InMemoryRegistry, PromptMiddleware
 from prompt_middleware.core.encoding import decode_body
-from prompt_middleware.core.errors import InvalidContentEncoding, PromptMiddlewareError, RequestTooLarge
+from prompt_middleware.core.errors import (
+    InvalidContentEncoding,
+    PromptMiddlewareError,
+    RequestTooLarge,
+)
 from prompt_middleware.core.prompts import compile_template
 from prompt_middleware.core.request import (
     CREDENTIAL_FIELDS,

@@ -31,13 +31,13 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from prompt_middleware import FileRegistry, InMemoryRegistry, Prompt, PromptMiddleware
-from prompt_middleware.gateway.echo import EchoUpstream
 from prompt_middleware.core.encoding import content_coding, decodable, decode_body
 from prompt_middleware.core.errors import (
     InvalidContentEncoding,
     InvalidPromptVariables,
     RequestTooLarge,
 )
+from prompt_middleware.gateway.echo import EchoUpstream
 
 from .helpers import Recorder, SendLog, chat_prompt, chunked_receive, http_scope, text_prompt
 from .servers import running_server

@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.gateway.echo import EchoUpstream
 from prompt_middleware.middleware import PromptMiddleware
-from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.registries.memory import InMemoryRegistry
 from prompt_middleware.testing import CaptureApp, asgi_client, lifespan, openai_client
 

@@ -14,11 +14,11 @@ import openai
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from prompt_middleware.middleware import PromptMiddleware
 from prompt_middleware.core.prompts import Prompt
+from prompt_middleware.gateway.upstream import DEFAULT_TIMEOUT, UpstreamProxy
+from prompt_middleware.middleware import PromptMiddleware
 from prompt_middleware.registries.memory import InMemoryRegistry
 from prompt_middleware.testing import CaptureApp, asgi_client, lifespan, openai_client
-from prompt_middleware.gateway.upstream import DEFAULT_TIMEOUT, UpstreamProxy
 
 from .servers import free_port, running_server
 
