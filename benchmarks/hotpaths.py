@@ -79,8 +79,12 @@ def timed(fn: Callable[[], Any], n: int = 2000, rounds: int = 15) -> float:
 
 def breakdown(size: str) -> list[list[str]]:
     """The steps of case d (and the floor), timed separately; internals looked up by name."""
+    from types import SimpleNamespace
+
     from prompt_middleware import middleware as m
-    from prompt_middleware import request as r
+    from prompt_middleware.core import _json, references, rewrite
+
+    r = SimpleNamespace(**{**vars(_json), **vars(references), **vars(rewrite)})
 
     body = body_for(size, "prompt")
     mw = make_middleware(BareApp())
@@ -110,13 +114,13 @@ def breakdown(size: str) -> list[list[str]]:
 
     if cache is not None:
         anyio.run(lambda: cache.get_prompt(prompt.name))
-    compile_messages = get(r, "compile_messages")
+    build_messages = get(r, "build_messages")
     build = get(r, "build_chat_body")
     dump = get(r, "dump_json")
     new_body = build(data, request, prompt, mw.options) if build and request else body
     out_obj = json.loads(new_body)
     try:
-        from prompt_middleware import encoding
+        from prompt_middleware.core import encoding
 
         coding = get(encoding, "content_coding")
     except ImportError:
@@ -131,8 +135,8 @@ def breakdown(size: str) -> list[list[str]]:
             return lambda: any(m in data for m in markers)
         return lambda: any(m.search(data) for m in markers)  # type: ignore[union-attr]
 
-    strip = get(r, "strip_prompt_fields")
-    apply_config = get(r, "apply_model_and_config")
+    strip = get(r, "_without_prompt_fields")
+    apply_config = get(r, "_apply_model_and_config")
     params = get(r, "CHAT_CONFIG_PARAMS")
 
     steps = [
@@ -151,14 +155,14 @@ def breakdown(size: str) -> list[list[str]]:
         ),
         ("CachedRegistry.get_prompt, fresh hit", cache_hit if cache is not None else None),
         (
-            "compile_messages (render + merge)",
-            (lambda: compile_messages(prompt, request.variables, data["messages"], mw.options))
-            if compile_messages and request
+            "build_messages (compile + merge)",
+            (lambda: build_messages(prompt, request, data["messages"], mw.options))
+            if build_messages and request
             else None,
         ),
-        ("strip_prompt_fields", (lambda: strip(data)) if strip else None),
+        ("_without_prompt_fields", (lambda: strip(data)) if strip else None),
         (
-            "apply_model_and_config",
+            "_apply_model_and_config",
             (lambda: apply_config(dict(data), prompt, None, params))
             if apply_config and params
             else None,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
@@ -13,20 +14,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._asgi import replay, send_error
 from .core.encoding import content_coding, decodable, decode_body
-from .core.errors import InvalidPrompt, PromptMiddlewareError, RequestTooLarge
+from .core.errors import PromptMiddlewareError, RequestTooLarge
 from .core.prompts import Prompt
-from .core.request import (
-    ClientMessages,
-    ModelPrompt,
-    PromptRequest,
-    RewriteOptions,
-    build_chat_body,
-    build_responses_body,
-    find_prompt_request,
-    reference_markers,
-)
-from .registries.base import PromptRegistry
+from .core.references import ModelPrompt, PromptRequest, find_prompt_request, reference_markers
+from .core.rewrite import ClientMessages, RewriteOptions, build_chat_body, build_responses_body
+from .registries.base import PromptRegistry, ensure_prompt
 from .registries.cache import CachedRegistry
+
+if TYPE_CHECKING:
+    from .registries.tenants import LangfuseTenants
 
 __all__ = ["PromptMiddleware"]
 
@@ -75,21 +71,28 @@ class PromptMiddleware:
         self._paths = frozenset(paths) if paths is not None else None
         self.max_body_size = max_body_size
         self.options = RewriteOptions(strict_variables, client_messages, text_role)
-        self.model_prompts = {
-            alias: ModelPrompt.coerce(alias, value)
-            for alias, value in (model_prompts or {}).items()
-        }
-        self._markers = reference_markers(self.model_prompts)
+        self._model_prompts: Mapping[str, ModelPrompt] = MappingProxyType(
+            {
+                alias: ModelPrompt.coerce(alias, value)
+                for alias, value in (model_prompts or {}).items()
+            }
+        )
+        self._markers = reference_markers(self._model_prompts)
         self.allow_request_credentials = allow_request_credentials
         self._tenants = (
             _tenant_pool(registry, allowed_langfuse_hosts) if allow_request_credentials else None
         )
 
+    @property
+    def model_prompts(self) -> Mapping[str, ModelPrompt]:
+        """The model aliases bound to prompts; read-only (the byte pre-filter is built on them)."""
+        return self._model_prompts
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
             await self._handle(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
+            await self._pass_lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -177,33 +180,25 @@ class PromptMiddleware:
 
     async def _rewrite(self, body: bytes, responses: bool) -> tuple[bytes, Prompt] | None:
         found = find_prompt_request(
-            body, self.model_prompts, allow_credentials=self.allow_request_credentials
+            body, self._model_prompts, allow_credentials=self.allow_request_credentials
         )
         if found is None:
             return None
         data, request = found
-        prompt = await self._fetch(request)
+        prompt = await self._resolve(request)
         build = build_responses_body if responses else build_chat_body
         return build(data, request, prompt, self.options), prompt
 
-    async def _fetch(self, request: PromptRequest) -> Prompt:
-        ref = request.ref
-        tenant, registry = "", None
+    async def _resolve(self, request: PromptRequest) -> Prompt:
+        """Ask the one registry that serves this request (its tenant's, if it sent keys)."""
+        registry = self.registry
         if request.credentials is not None and self._tenants is not None:
-            creds = request.credentials
-            tenant, registry = self._tenants.resolve(creds.public_key, creds.secret_key, creds.host)
-        if self._cache is not None:
-            return await self._cache.get_prompt(
-                ref.name, version=ref.version, label=ref.label, tenant=tenant, registry=registry
-            )
-        source = registry if registry is not None else self.registry
-        prompt: object = await source.get_prompt(ref.name, version=ref.version, label=ref.label)
-        if not isinstance(prompt, Prompt):
-            kind = type(prompt).__name__
-            raise InvalidPrompt(f"The registry returned a {kind}, not a Prompt, for prompt {ref}.")
-        return prompt
+            registry = self._tenants.registry_for(request.credentials)
+        ref = request.ref
+        prompt = await registry.get_prompt(ref.name, version=ref.version, label=ref.label)
+        return prompt if self._cache is not None else ensure_prompt(prompt, ref)
 
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _pass_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through; meanwhile own a task group for the cache's refreshes."""
         if self._cache is None:
             await self.app(scope, receive, self._closing_send(send))
@@ -292,10 +287,14 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
 
 
-def _tenant_pool(registry: PromptRegistry, allowed_hosts: Collection[str] | None) -> Any:
-    from .registries.langfuse import LangfuseRegistry, LangfuseTenants
+def _tenant_pool(
+    registry: PromptRegistry, allowed_hosts: Collection[str] | None
+) -> LangfuseTenants:
+    from .registries.langfuse import LangfuseRegistry
+    from .registries.tenants import LangfuseTenants
 
-    base = registry.registry if isinstance(registry, CachedRegistry) else registry
+    cache = registry if isinstance(registry, CachedRegistry) else None
+    base = cache.registry if cache is not None else registry
     if not isinstance(base, LangfuseRegistry):
         raise TypeError("allow_request_credentials=True needs a LangfuseRegistry")
-    return LangfuseTenants(base, allowed_hosts=allowed_hosts)
+    return LangfuseTenants(base, cache=cache, allowed_hosts=allowed_hosts)

@@ -20,6 +20,7 @@ from prompt_middleware.core.errors import (
     RegistryUnavailable,
 )
 from prompt_middleware.core.prompts import Prompt
+from prompt_middleware.registries.base import PromptRegistry
 from prompt_middleware.registries.cache import CachedRegistry, CacheStats
 from prompt_middleware.registries.memory import InMemoryRegistry
 
@@ -106,7 +107,7 @@ async def let_others_run() -> None:
         await anyio.lowlevel.checkpoint()
 
 
-def get_now(cache: CachedRegistry, name: str = "greet", **kwargs: Any) -> Prompt:
+def get_now(cache: PromptRegistry, name: str = "greet", **kwargs: Any) -> Prompt:
     """Run get_prompt without letting it suspend: it must complete in a single step."""
     coro = cache.get_prompt(name, **kwargs)
     with pytest.raises(StopIteration) as done:
@@ -160,30 +161,30 @@ async def test_no_version_or_label_means_production(
     assert cache.stats.entries == 3
 
 
-async def test_tenants_have_separate_entries_and_registry_override(
+async def test_tenants_have_separate_entries_and_registries(
     cache: CachedRegistry, registry: FakeRegistry
 ) -> None:
     one = FakeRegistry(make_prompt(text="tenant one"))
     two = FakeRegistry(make_prompt(text="tenant two"))
-    p1 = await cache.get_prompt("greet", tenant="t1", registry=one)
-    p2 = await cache.get_prompt("greet", tenant="t2", registry=two)
+    p1 = await cache.for_tenant("t1", one).get_prompt("greet")
+    p2 = await cache.for_tenant("t2", two).get_prompt("greet")
     assert (p1.prompt, p2.prompt) == ("tenant one", "tenant two")
-    assert await cache.get_prompt("greet", tenant="t1", registry=one) is p1
+    assert await cache.for_tenant("t1", one).get_prompt("greet") is p1
     assert (await fill(cache)).prompt == "Hello"
     assert len(one.calls) == len(two.calls) == len(registry.calls) == 1
     assert cache.stats.entries == 3
 
 
-async def test_refresh_uses_the_registry_override(
+async def test_refresh_uses_the_tenants_registry(
     cache: CachedRegistry, registry: FakeRegistry, clock: FakeClock
 ) -> None:
     tenant = FakeRegistry(make_prompt(text="v1"))
-    await cache.get_prompt("greet", tenant="t", registry=tenant)
+    await cache.for_tenant("t", tenant).get_prompt("greet")
     tenant.replace(make_prompt(version=2, text="v2"))
     clock.advance(TTL)
-    assert get_now(cache, tenant="t", registry=tenant).prompt == "v1"
+    assert get_now(cache.for_tenant("t", tenant)).prompt == "v1"
     await eventually(lambda: tenant.returned == 2)
-    assert (await cache.get_prompt("greet", tenant="t", registry=tenant)).prompt == "v2"
+    assert (await cache.for_tenant("t", tenant).get_prompt("greet")).prompt == "v2"
     assert registry.calls == []
 
 
@@ -605,7 +606,7 @@ async def test_invalidate_exact_name_all_and_tenant(
         found = set()
         for name, tenant in keys:
             before = len(registry.calls)
-            await cache.get_prompt(name, tenant=tenant)
+            await cache.for_tenant(tenant, registry).get_prompt(name)
             if len(registry.calls) == before:
                 found.add((name, tenant))
         return found

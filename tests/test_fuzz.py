@@ -3,7 +3,7 @@
 - The request reader (`parse_json_object`, `read_prompt_request`, the body builders) raises
   nothing but our own `PromptMiddlewareError`s on arbitrary JSON and arbitrary bytes, and what it
   builds is valid JSON without prompt or credential fields; every error it raises can be sent.
-- `compile_template` inserts each value exactly once (never re-expanded); `Prompt.compile`
+- `fill_template` inserts each value exactly once (never re-expanded); `Prompt.compile`
   never raises on arbitrary templates and JSON variables (chat placeholders: only our errors).
 - gzip / deflate decoding round-trips within its limit, 413s past it, and corrupt input raises
   only our errors.
@@ -34,17 +34,15 @@ from prompt_middleware.core.errors import (
     PromptMiddlewareError,
     RequestTooLarge,
 )
-from prompt_middleware.core.prompts import compile_template
-from prompt_middleware.core.request import (
+from prompt_middleware.core.prompts import fill_template
+from prompt_middleware.core.references import (
     CREDENTIAL_FIELDS,
     PROMPT_FIELDS,
     ModelPrompt,
-    RewriteOptions,
-    build_chat_body,
-    build_responses_body,
     parse_json_object,
     read_prompt_request,
 )
+from prompt_middleware.core.rewrite import RewriteOptions, build_chat_body, build_responses_body
 
 from .helpers import Recorder, SendLog, chat_prompt, chunked_receive, http_scope, text_prompt
 
@@ -371,7 +369,7 @@ def test_each_value_is_inserted_once_and_never_expanded_again(
             expected += hole
             missing.append(text)
     seen: dict[str, None] = {}
-    assert compile_template(template, values, seen) == expected
+    assert fill_template(template, values, seen) == expected
     assert list(seen) == list(dict.fromkeys(missing))
     prompt = text_prompt("p", template)
     assert prompt.compile(values) == [{"role": "user", "content": expected}]

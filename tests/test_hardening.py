@@ -30,7 +30,13 @@ import httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from prompt_middleware import FileRegistry, InMemoryRegistry, Prompt, PromptMiddleware
+from prompt_middleware import (
+    FileRegistry,
+    InMemoryRegistry,
+    LangfuseRegistry,
+    Prompt,
+    PromptMiddleware,
+)
 from prompt_middleware.core.encoding import content_coding, decodable, decode_body
 from prompt_middleware.core.errors import (
     InvalidContentEncoding,
@@ -613,7 +619,6 @@ NAMES = {
     "dots": "..",
     "traversal": "../../etc/passwd",
     "percent": "100%25 %zz",
-    "lone-surrogate": "x\ud800y",
     "10k-ascii": "n" * 10_000,
     "10k-unicode": "é☕" * 3_400,
 }
@@ -662,10 +667,37 @@ async def test_file_registry_names(tmp_path: Any) -> None:
     send = await call(mw, json.dumps({"prompt_id": "café ☕"}).encode())
     assert send.status == 200
     check_name_header(dict(send.messages[0]["headers"])[b"x-prompt-name"], "café ☕")
-    for name in ["../secret", "/etc/passwd", "a\x00b", "x" * 10_000, "é/" * 3000, "x\ud800", ".."]:
+    for name in ["../secret", "/etc/passwd", "a\x00b", "x" * 10_000, "é/" * 3000, ".."]:
         send = await call(mw, json.dumps({"prompt_id": name}).encode())
         error(send, 404, "prompt_not_found")
         assert b"TOP SECRET" not in send.body
+
+
+UNSENDABLE = {
+    "prompt_id": {"prompt_id": "x\ud800y"},
+    "prompt_label": {"prompt_id": "greet", "prompt_label": "prod\udfff"},
+    "prompt.id": {"prompt": {"id": "\ud800"}},
+}
+
+
+@pytest.mark.parametrize("field", list(UNSENDABLE))
+@pytest.mark.parametrize("source", ["memory", "files", "langfuse"])
+async def test_unsendable_names_are_the_clients_400_whatever_the_registry(
+    field: str, source: str, tmp_path: Any
+) -> None:
+    """A lone surrogate cannot travel as UTF-8: refused at the request boundary, before any
+    registry is asked (Langfuse would otherwise fail as "unavailable", files answer 404)."""
+    registry: Any = {
+        "memory": lambda: InMemoryRegistry(named_prompts()),
+        "files": lambda: FileRegistry(tmp_path),
+        # Nothing listens there: a request that reached the registry would fail as a 503.
+        "langfuse": lambda: LangfuseRegistry("pk-lf-x", "sk-lf-x", base_url="http://127.0.0.1:9"),
+    }[source]()
+    mw, app = gateway(registry=registry)
+    send = await call(mw, json.dumps(UNSENDABLE[field]).encode())
+    err = error(send, 400, "invalid_prompt_request")
+    assert err["param"] == field
+    assert app.calls == []
 
 
 def test_names_through_a_real_server() -> None:

@@ -18,19 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prompt_middleware import InMemoryRegistry, PromptMiddleware
+from prompt_middleware.core._json import dump_json
 from prompt_middleware.core.errors import InvalidPromptRequest, PromptMiddlewareError
-from prompt_middleware.core.request import (
+from prompt_middleware.core.references import (
     CREDENTIAL_FIELDS,
     PROMPT_FIELDS,
     ModelPrompt,
-    RewriteOptions,
-    build_chat_body,
-    dump_json,
     find_prompt_request,
     parse_json_object,
     read_prompt_request,
     reference_markers,
 )
+from prompt_middleware.core.rewrite import RewriteOptions, build_chat_body
 
 from .helpers import Recorder, SendLog, chunked_receive, http_scope, text_prompt
 

@@ -22,7 +22,7 @@ from langfuse.api import Prompt_Chat, Prompt_Text
 from langfuse.model import ChatPromptClient, TemplateParser, TextPromptClient
 
 from prompt_middleware.core.errors import InvalidPromptVariables
-from prompt_middleware.core.prompts import Prompt, compile_template
+from prompt_middleware.core.prompts import Prompt, fill_template
 
 SETTINGS = settings(
     max_examples=400,
@@ -243,8 +243,8 @@ def text_cases(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
 
 
 def check_text(template: str, variables: dict[str, Any]) -> None:
-    ours = ours_text(template).render(variables)
-    assert compile_template(template, variables) == ours.messages[0]["content"]
+    ours = ours_text(template).compile_result(variables)
+    assert fill_template(template, variables) == ours.messages[0]["content"]
     assert ours.missing_variables == unique([n for n in names_in(template) if n not in variables])
     if "self" in variables:  # the SDK's compile(self, **kwargs) cannot take it: see below
         return
@@ -304,7 +304,7 @@ def check_chat(entries: list[dict[str, Any]], variables: dict[str, Any]) -> None
 
     if invalid:
         with pytest.raises(InvalidPromptVariables):
-            prompt.render(variables)
+            prompt.compile_result(variables)
         try:
             sdk_out = None if "self" in variables else sdk_compile_raw(entries, variables)
         except (TypeError, AttributeError):
@@ -315,7 +315,7 @@ def check_chat(entries: list[dict[str, Any]], variables: dict[str, Any]) -> None
         )
         return
 
-    ours = prompt.render(variables)
+    ours = prompt.compile_result(variables)
     assert prompt.compile(variables) == ours.messages
 
     # what we report as missing: every template and inserted string content, in order
@@ -504,6 +504,39 @@ def test_bad_placeholder_values_are_debris_in_the_sdk_and_a_400_here(
 def test_unresolved_placeholders_stay_in_sdk_output_and_are_reported_here() -> None:
     entries = [msg("system", "s"), ph("h")]
     assert sdk_chat(entries).compile() == [msg("system", "s"), ph("h")]
-    result = ours_chat(entries).render({})
+    result = ours_chat(entries).compile_result({})
     assert result.messages == [msg("system", "s")]
     assert result.placeholders == ((1, "h"),)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chat_cases(), st.data())
+def test_two_namespaces_compile_like_the_sdks_one(
+    case: tuple[list[dict[str, Any]], dict[str, Any]], data: st.DataObject
+) -> None:
+    """`compile(variables, placeholders)` is the SDK's `compile(**{**variables, **placeholders})`,
+    also where a placeholder's name is written as a `{{name}}` in text."""
+    entries, variables = case
+    names = sorted({e["name"] for e in entries if e.get("type") == "placeholder"})
+    moved = data.draw(st.sets(st.sampled_from(names)) if names else st.just(set()))
+    placeholders = {n: variables[n] for n in moved if n in variables}
+    placeholders = {n: v for n, v in placeholders.items() if valid_placeholder_value(v)}
+    rest = {n: v for n, v in variables.items() if n not in placeholders}
+    if any(n in rest and not valid_placeholder_value(rest[n]) for n in names):
+        return
+    if "self" in variables:
+        return
+    ours = ours_chat(entries).compile(rest, placeholders)
+    sdk_out = sdk_compile_chat(entries, {**rest, **placeholders})
+    if sdk_out is not None:
+        assert ours == [m for m in sdk_out if not is_sdk_placeholder(m)]
+
+
+def test_a_placeholder_name_in_text_is_filled_from_the_placeholders_too() -> None:
+    entries = [ph("h"), msg("user", "{{h}}")]
+    value = [{"role": "user", "content": "P"}]
+    ours = ours_chat(entries).compile({}, {"h": value})
+    sdk_out = sdk_compile_chat(entries, {"h": value})
+    assert sdk_out is not None
+    assert ours == [m for m in sdk_out if not is_sdk_placeholder(m)]
+    assert ours[1]["content"] == str(value)

@@ -19,7 +19,8 @@ from prompt_middleware.core.errors import (
     RegistryUnavailable,
 )
 from prompt_middleware.core.prompts import Prompt
-from prompt_middleware.registries.langfuse import LangfuseRegistry, LangfuseTenants
+from prompt_middleware.registries.langfuse import LangfuseRegistry
+from prompt_middleware.registries.tenants import LangfuseTenants
 
 from .fake_langfuse import FakeLangfuse, running_fake
 from .servers import free_port

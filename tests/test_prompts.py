@@ -16,7 +16,7 @@ from prompt_middleware.core.prompts import (
     CompiledPrompt,
     Prompt,
     PromptRef,
-    compile_template,
+    fill_template,
 )
 
 
@@ -33,7 +33,7 @@ def ph(name: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# compile_template
+# fill_template
 
 
 @pytest.mark.parametrize(
@@ -108,8 +108,8 @@ def ph(name: str) -> dict[str, str]:
         pytest.param("[{{a}}]", {"a": ""}, "[]", id="empty-string"),
     ],
 )
-def test_compile_template(template: str, variables: dict[str, Any], expected: str) -> None:
-    assert compile_template(template, variables) == expected
+def test_fill_template(template: str, variables: dict[str, Any], expected: str) -> None:
+    assert fill_template(template, variables) == expected
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_compile_template(template: str, variables: dict[str, Any], expected: st
     ],
 )
 def test_value_to_text_is_python_str(value: Any, expected: str) -> None:
-    assert compile_template("<{{v}}>", {"v": value, "x": "no"}) == f"<{expected}>"
+    assert fill_template("<{{v}}>", {"v": value, "x": "no"}) == f"<{expected}>"
 
 
 @pytest.mark.parametrize(
@@ -147,11 +147,11 @@ def test_value_to_text_is_python_str(value: Any, expected: str) -> None:
         ("{{}}", {}, ("",)),
     ],
 )
-def test_compile_template_records_missing(
+def test_fill_template_records_missing(
     template: str, variables: dict[str, Any], missing: tuple[str, ...]
 ) -> None:
     seen: dict[str, None] = {}
-    compile_template(template, variables, seen)
+    fill_template(template, variables, seen)
     assert tuple(seen) == missing
 
 
@@ -170,7 +170,7 @@ def test_text_role(role: str) -> None:
 
 
 def test_text_prompt_render_reports_missing_variables_in_order() -> None:
-    result = text("{{b}} {{a}} {{b}} {{ c }}").render({"c": 3})
+    result = text("{{b}} {{a}} {{b}} {{ c }}").compile_result({"c": 3})
     assert result == CompiledPrompt(
         [{"role": "user", "content": "{{b}} {{a}} {{b}} 3"}], ("b", "a"), ()
     )
@@ -178,7 +178,7 @@ def test_text_prompt_render_reports_missing_variables_in_order() -> None:
 
 @pytest.mark.parametrize("variables", [None, {}])
 def test_text_prompt_without_variables_keeps_template(variables: dict[str, Any] | None) -> None:
-    result = text("{{a}} and {{ b }}").render(variables)
+    result = text("{{a}} and {{ b }}").compile_result(variables)
     assert result.messages == [{"role": "user", "content": "{{a}} and {{ b }}"}]
     assert result.missing_variables == ("a", "b")
     assert result.placeholders == ()
@@ -237,7 +237,7 @@ def test_placeholder_message_contents_are_compiled_once() -> None:
 
 def test_empty_placeholder_list_removes_it() -> None:
     prompt = chat({"role": "system", "content": "s"}, ph("h"), {"role": "user", "content": "u"})
-    result = prompt.render({"h": []})
+    result = prompt.compile_result({"h": []})
     assert result.messages == [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     assert result.placeholders == ()
 
@@ -259,7 +259,7 @@ def test_unfilled_placeholders_are_dropped_and_reported_with_their_index() -> No
         ph("last"),
     )
     filled = [{"role": "user", "content": "f {{z}}"}, {"role": "assistant", "content": "g"}]
-    result = prompt.render({"filled": filled})
+    result = prompt.compile_result({"filled": filled})
     assert result.messages == [
         {"role": "system", "content": "{{x}}"},
         {"role": "user", "content": "f {{z}}"},
@@ -273,12 +273,19 @@ def test_unfilled_placeholders_are_dropped_and_reported_with_their_index() -> No
 
 
 def test_placeholders_argument_takes_precedence_over_variables() -> None:
+    """One namespace, as the Langfuse SDK's `compile(**{**variables, **placeholders})`: the
+    placeholder value wins for the placeholder and for a `{{h}}` in text alike."""
     prompt = chat(ph("h"), {"role": "user", "content": "{{h}}"})
     from_placeholders = [{"role": "user", "content": "P"}]
     out = prompt.compile({"h": "as a variable"}, {"h": from_placeholders})
-    assert out == [{"role": "user", "content": "P"}, {"role": "user", "content": "as a variable"}]
-    # and placeholders alone do not fill template variables
-    assert prompt.render(None, {"h": []}).missing_variables == ("h",)
+    assert out == [
+        {"role": "user", "content": "P"},
+        {"role": "user", "content": str(from_placeholders)},
+    ]
+    # placeholders alone fill template variables too, as in the SDK's single namespace
+    filled = prompt.compile_result(None, {"h": []})
+    assert filled.missing_variables == ()
+    assert filled.messages == [{"role": "user", "content": "[]"}]
 
 
 @pytest.mark.parametrize(

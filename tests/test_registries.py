@@ -573,10 +573,10 @@ async def test_every_example_prompt_resolves_and_compiles(name: str) -> None:
             prompt = await registry.get_prompt(name, version=version)
         except PromptNotFound:
             continue
-        first = prompt.render({})
+        first = prompt.compile_result({})
         variables: dict[str, Any] = {n: f"<{n}>" for n in first.missing_variables}
         variables.update({n: [] for _, n in first.placeholders})
-        result = prompt.render(variables)
+        result = prompt.compile_result(variables)
         assert result.missing_variables == ()
         assert result.placeholders == ()
         assert result.messages, name

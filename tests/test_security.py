@@ -27,7 +27,7 @@ from prompt_middleware import (
     UpstreamProxy,
 )
 from prompt_middleware.core.prompts import PromptRef
-from prompt_middleware.core.request import Credentials, PromptRequest
+from prompt_middleware.core.references import Credentials, PromptRequest
 
 from .fake_langfuse import FakeLangfuse
 from .helpers import Recorder, client_for

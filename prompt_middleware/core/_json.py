@@ -1,8 +1,8 @@
 """JSON request bodies, read and written by orjson with the json module's meaning.
 
-orjson reads a 4 KB chat body in ~5 us and writes it in 1-3.5 us (the latter for strings it has
-not yet encoded to UTF-8); the json module takes ~11 and ~20. Where the two differ, the json
-module does the work, as it did before orjson, or the difference is shown not to matter:
+orjson reads and writes chat bodies several times faster than the json module
+(benchmarks/README.md). Where the two differ, the json module does the work, as it did before
+orjson, or the difference is shown not to matter:
 
 * orjson refuses NaN, Infinity, 1e400 and lone surrogates (`\\ud800`), which the json module
   reads: the json module reads those bodies.
@@ -18,14 +18,20 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from .errors import InvalidPromptRequest
 
-__all__ = ["dump_json", "finite", "load_object"]
+__all__ = [
+    "KEY_CHAR_ESCAPE",
+    "NOT_READ",
+    "draft_object",
+    "dump_json",
+    "exact_object",
+    "finite",
+]
 
 _BOM = b"\xef\xbb\xbf"
 # orjson reads integer literals in [-2**63, 2**64) as int, those outside as float.
@@ -34,7 +40,7 @@ _UINT64_END = 2.0**64
 # Deeper bodies go to the json module, whose own limit then decides, as before, if they parse.
 _ORJSON_DEPTH = 200
 # An escape that could spell a letter or "_" of a `unique` key (\u0050-\u007f).
-_KEY_CHAR_ESCAPE = re.compile(rb"\\u00[5-7]")
+KEY_CHAR_ESCAPE = re.compile(rb"\\u00[5-7]")
 # Types orjson would write its own way (datetimes, dataclasses, subclasses of str, int, dict and
 # list) are refused instead, and so written by the json module.
 _ORJSON_OPTIONS = (
@@ -44,29 +50,44 @@ _ORJSON_OPTIONS = (
 )
 
 
-def load_object(
-    body: bytes,
-    unique: frozenset[str],
-    wanted: Callable[[dict[str, Any]], bool] | None = None,
+class _NotRead:
+    def __repr__(self) -> str:
+        return "NOT_READ"
+
+
+NOT_READ: Final = _NotRead()
+"""`draft_object`'s answer when orjson refused the body: only the json module can tell."""
+
+
+def draft_object(body: bytes) -> dict[str, Any] | _NotRead | None:
+    """orjson's reading of `body` when it is a JSON object, None when it is some other JSON
+    value, `NOT_READ` when orjson refused it.
+
+    A draft is exact in which keys the top level has and in its string values; anything else
+    needs `exact_object`.
+    """
+    try:
+        data = orjson.loads(body[3:] if body.startswith(_BOM) else body)
+    except orjson.JSONDecodeError:
+        return NOT_READ
+    return data if isinstance(data, dict) else None
+
+
+def exact_object(
+    body: bytes, draft: dict[str, Any] | _NotRead | None, unique: frozenset[str]
 ) -> dict[str, Any] | None:
     """`body` as the json module reads a JSON object (UTF-8 only, a leading BOM ignored, NaN and
-    Infinity refused), or None when it is anything else.
+    Infinity refused), or None when it is anything else; `draft` is `draft_object(body)`.
 
     A top level that repeats a key of `unique` (made of a-z and "_") is an
-    `InvalidPromptRequest`. With `wanted`, an object it rejects, as orjson reads it, comes back
-    as None unchecked: `wanted` must look only at which keys there are and at string values, on
-    which the two parsers agree.
+    `InvalidPromptRequest`.
     """
-    raw = body[3:] if body.startswith(_BOM) else body
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    if draft is None:
+        return None
+    if isinstance(draft, _NotRead):
         return _load_exactly(body, unique)
-    if not isinstance(data, dict):
-        return None
-    if wanted is not None and not wanted(data):
-        return None
-    return data if _read_alike(raw, data, unique) else _load_exactly(body, unique)
+    raw = body[3:] if body.startswith(_BOM) else body
+    return draft if _read_alike(raw, draft, unique) else _load_exactly(body, unique)
 
 
 def _read_alike(raw: bytes, data: dict[str, Any], unique: frozenset[str]) -> bool:
@@ -75,8 +96,8 @@ def _read_alike(raw: bytes, data: dict[str, Any], unique: frozenset[str]) -> boo
     try:
         if orjson.dumps(data) == raw:
             # Written as orjson writes (as httpx and openai-python send): then no key was dropped
-            # as a repeat, no integer became a float, and the nesting is below 255. ~1 us for
-            # 4 KB, against ~7 us for the checks below.
+            # as a repeat, no integer became a float, and the nesting is below 255; and this
+            # check is much cheaper than the ones below.
             return True
     except orjson.JSONEncodeError:  # nested past 254
         pass
@@ -90,11 +111,11 @@ def _may_repeat(raw: bytes, data: dict[str, Any], unique: frozenset[str]) -> boo
 
     A key written plainly puts its quoted form in the bytes once; more occurrences (a repeat, or
     the same text elsewhere) or an escape that could spell a letter of it send the body to the
-    json module, whose hook sees every pair (~5 us more for 4 KB).
+    json module, whose hook sees every pair.
     """
     return (
         any(raw.count(b'"%s"' % key.encode()) != 1 for key in unique.intersection(data))
-        or _KEY_CHAR_ESCAPE.search(raw) is not None
+        or KEY_CHAR_ESCAPE.search(raw) is not None
     )
 
 
@@ -137,7 +158,7 @@ def _read_float(text: str) -> float:
 
 
 def _load_exactly(body: bytes, unique: frozenset[str]) -> dict[str, Any] | None:
-    """`load_object` with the json module alone; a hook sees each object's pairs."""
+    """`exact_object` with the json module alone; a hook sees each object's pairs."""
     repeated: list[tuple[dict[str, Any], list[tuple[str, Any]]]] = []
 
     def make_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -225,7 +225,7 @@ def _render(args: argparse.Namespace) -> int:
     variables = _variables(args.vars_json, args.var)
     registry, _ = _registry(args)
     prompt = anyio.run(_fetch, registry, args.name, args.version, args.label)
-    compiled = prompt.render(variables, text_role=args.text_role)
+    compiled = prompt.compile_result(variables, text_role=args.text_role)
     unfilled = []
     if compiled.missing_variables:
         unfilled.append("variables " + ", ".join(compiled.missing_variables))

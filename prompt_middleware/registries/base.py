@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..core.prompts import Prompt
+from ..core.errors import InvalidPrompt
+from ..core.prompts import Prompt, PromptRef
 
-__all__ = ["PromptRegistry"]
+__all__ = ["PromptRegistry", "ensure_prompt"]
 
 
 @runtime_checkable
@@ -22,3 +23,11 @@ class PromptRegistry(Protocol):
     async def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None
     ) -> Prompt: ...
+
+
+def ensure_prompt(value: object, ref: PromptRef) -> Prompt:
+    """`value`, a registry's answer for `ref`, if it is a `Prompt`; else `InvalidPrompt`."""
+    if isinstance(value, Prompt):
+        return value
+    kind = type(value).__name__
+    raise InvalidPrompt(f"The registry returned a {kind}, not a Prompt, for prompt {ref}.")

@@ -32,7 +32,7 @@ from cachetools import LRUCache
 
 from ..core.errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
-from .base import PromptRegistry
+from .base import PromptRegistry, ensure_prompt
 
 __all__ = ["DEFAULT_MAX_STALE", "CacheStats", "CachedRegistry"]
 
@@ -164,16 +164,17 @@ class CachedRegistry:
         self._fetches = self._fetch_errors = self._not_found = 0
 
     async def get_prompt(
-        self,
-        name: str,
-        *,
-        version: int | None = None,
-        label: str | None = None,
-        tenant: str = "",
-        registry: PromptRegistry | None = None,
+        self, name: str, *, version: int | None = None, label: str | None = None
     ) -> Prompt:
-        """The prompt, from the cache when possible; `registry` overrides `self.registry`."""
-        key = (tenant, name, version, DEFAULT_LABEL if version is None and label is None else label)
+        """The prompt, from the cache when possible."""
+        return await self._get(("", name, version, _label(version, label)), self.registry)
+
+    def for_tenant(self, tenant: str, registry: PromptRegistry) -> PromptRegistry:
+        """A registry that serves `registry`'s prompts through this cache, keyed by `tenant`
+        (e.g. per-request credentials), apart from every other tenant's."""
+        return _TenantView(self, tenant, registry)
+
+    async def _get(self, key: _Key, registry: PromptRegistry) -> Prompt:
         try:
             entry = self._entries[key]
         except KeyError:
@@ -189,12 +190,10 @@ class CachedRegistry:
                 self._stale_served += 1
                 if now >= entry.retry_at and key not in self._inflight:
                     self._refreshes += 1
-                    self._start_fetch(key, self.registry if registry is None else registry)
+                    self._start_fetch(key, registry)
                 return entry.value
         self._misses += 1
-        flight = self._inflight.get(key) or self._start_fetch(
-            key, self.registry if registry is None else registry
-        )
+        flight = self._inflight.get(key) or self._start_fetch(key, registry)
         await flight.done.wait()
         if isinstance(flight.result, Prompt):
             return flight.result
@@ -284,13 +283,13 @@ class CachedRegistry:
                     self._fetch_errors += 1
                     self._record_failure(key, flight, exc)
                 else:
-                    if isinstance(prompt, Prompt):
-                        self._store(key, flight, prompt)
-                    else:  # a broken registry; never cached
+                    try:
+                        checked = ensure_prompt(prompt, _ref_of(key))
+                    except InvalidPrompt as exc:  # a broken registry; never cached
                         self._fetch_errors += 1
-                        kind = type(prompt).__name__
-                        message = f"The registry returned a {kind}, not a Prompt, for {_ref(key)}."
-                        self._record_failure(key, flight, InvalidPrompt(message))
+                        self._record_failure(key, flight, exc)
+                    else:
+                        self._store(key, flight, checked)
         finally:
             self._finish(key, flight)
 
@@ -358,8 +357,36 @@ class CachedRegistry:
             logger.info("Prompt registry answers again for %s", _ref(key))
 
 
+def _label(version: int | None, label: str | None) -> str | None:
+    return DEFAULT_LABEL if version is None and label is None else label
+
+
+def _ref_of(key: _Key) -> PromptRef:
+    return PromptRef(key[1], key[2], key[3])
+
+
 def _ref(key: _Key) -> str:
-    return f"prompt {PromptRef(key[1], key[2], key[3])}"
+    return f"prompt {_ref_of(key)}"
+
+
+class _TenantView:
+    """`CachedRegistry.for_tenant`: one tenant's side of the shared cache."""
+
+    __slots__ = ("_cache", "_registry", "_tenant")
+
+    def __init__(self, cache: CachedRegistry, tenant: str, registry: PromptRegistry) -> None:
+        self._cache = cache
+        self._tenant = tenant
+        self._registry = registry
+
+    def __repr__(self) -> str:
+        return f"<tenant view of {self._cache!r}>"
+
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt:
+        key = (self._tenant, name, version, _label(version, label))
+        return await self._cache._get(key, self._registry)
 
 
 def _spawn_detached(job: _Job, tasks: set[asyncio.Task[None]]) -> asyncio.Task[None] | None:

@@ -6,44 +6,37 @@
 between retries (broken under trio) and was renamed between SDK majors. Requests here are plain
 `httpx.Request`s sent on one shared client, retried with anyio.
 
-`LangfuseTenants` is a bounded pool of registries for per-request credentials, all sharing the
-base registry's connection pool, restricted to an allow-list of hosts.
+Per-request credentials are served by `tenants.LangfuseTenants`, through `with_credentials`.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
-import hashlib
-import hmac
-import json
 import logging
 import math
 import os
 import random
 import re
-import secrets
 import time
 import urllib.parse
-from collections.abc import Collection
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
-from cachetools import LRUCache
 
 from ..core.errors import (
     InvalidPrompt,
-    InvalidPromptRequest,
     PromptNotFound,
     RegistryAuthError,
     RegistryUnavailable,
 )
 from ..core.prompts import Prompt, PromptRef
+from ._urls import normalise_base_url
 
-__all__ = ["DEFAULT_BASE_URL", "LangfuseRegistry", "LangfuseTenants"]
+__all__ = ["DEFAULT_BASE_URL", "LangfuseRegistry"]
 
 logger = logging.getLogger("prompt_middleware.langfuse")
 
@@ -55,11 +48,9 @@ HOST_ENV = "LANGFUSE_HOST"
 
 _PROMPTS_PATH = "/api/public/v2/prompts/"
 _USER_AGENT = "prompt-middleware"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REQUIRED_FIELDS = ("name", "version", "type", "prompt")
 # Letters only: an error class name is shown, anything that could be an echoed key is not.
 _ERROR_CLASS = re.compile(r"[A-Z][A-Za-z]{2,63}")
-_UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 # Failures worth another attempt; anything else (bad URL, protocol misuse) fails at once.
 _RETRYABLE_ERRORS = (
     httpx.TimeoutException,
@@ -131,7 +122,7 @@ class LangfuseRegistry:
         if retry_base_delay < 0 or retry_max_delay < 0:
             raise ValueError("retry delays must not be negative")
 
-        self._base_url = _normalise_base_url(
+        self._base_url = normalise_base_url(
             base_url
             or os.environ.get(BASE_URL_ENV)
             or host
@@ -147,7 +138,7 @@ class LangfuseRegistry:
         self._trust_env = trust_env
         self._client = client
         self._own_client: httpx.AsyncClient | None = None
-        # Set on the per-tenant registries of `LangfuseTenants`: they use the base's client.
+        # Set on registries made by `with_credentials`: they use this one's client.
         self._parent: LangfuseRegistry | None = None
 
     @property
@@ -179,7 +170,7 @@ class LangfuseRegistry:
     async def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None
     ) -> Prompt:
-        ref = PromptRef(name, version, label)
+        ref = PromptRef.checked(name, version, label)
         request = self._build_request(ref)
         response = await self._send(request, ref)
         status = response.status_code
@@ -196,25 +187,10 @@ class LangfuseRegistry:
         )
 
     def _build_request(self, ref: PromptRef) -> httpx.Request:
-        if not isinstance(ref.name, str) or not ref.name:
-            raise InvalidPromptRequest("prompt_id must be a non-empty string.", param="prompt_id")
         params: dict[str, str] = {}
         if ref.version is not None:
-            if ref.label is not None:
-                raise InvalidPromptRequest(
-                    "Langfuse selects a prompt by version or by label, not both.",
-                    param="prompt_label",
-                )
-            if isinstance(ref.version, bool) or not isinstance(ref.version, int) or ref.version < 1:
-                raise InvalidPromptRequest(
-                    "prompt_version must be a positive integer.", param="prompt_version"
-                )
             params["version"] = str(ref.version)
         elif ref.label is not None:
-            if not isinstance(ref.label, str) or not ref.label:
-                raise InvalidPromptRequest(
-                    "prompt_label must be a non-empty string.", param="prompt_label"
-                )
             params["label"] = ref.label
         # Neither: no query at all, and Langfuse serves the `production` label.
         return httpx.Request(
@@ -288,11 +264,17 @@ class LangfuseRegistry:
             )
         return self._own_client
 
-    def _for_tenant(self, public_key: str, secret_key: str, base_url: str) -> LangfuseRegistry:
+    def with_credentials(
+        self, public_key: str, secret_key: str, base_url: str | None = None
+    ) -> LangfuseRegistry:
+        """A registry using other API keys (and base URL), sharing this one's HTTP client.
+
+        Closing it closes nothing; the client belongs to this registry.
+        """
         child = LangfuseRegistry(
             public_key,
             secret_key,
-            base_url=base_url,
+            base_url=base_url or self._base_url,
             timeout=self._timeout,
             max_retries=self._max_retries,
             retry_base_delay=self._retry_base_delay,
@@ -300,83 +282,6 @@ class LangfuseRegistry:
         )
         child._parent = self
         return child
-
-
-class LangfuseTenants:
-    """Registries for per-request Langfuse credentials, in a bounded LRU pool.
-
-    `resolve()` maps (host, public key, secret key) to a tenant key and a registry using those
-    credentials. The tenant key is an HMAC over all three with a per-process random key, so two
-    key pairs (or a wrong secret next to the right one) never share a key or a cache entry, and
-    the key reveals nothing. Hosts must be on `allowed_hosts` (default: only the base registry's
-    host); requests go to the configured URL, never to a string taken from the request. The
-    pooled registries share the base registry's HTTP client.
-    """
-
-    def __init__(
-        self,
-        base: LangfuseRegistry,
-        *,
-        allowed_hosts: Collection[str] | None = None,
-        max_tenants: int = 256,
-    ) -> None:
-        if isinstance(max_tenants, bool) or not isinstance(max_tenants, int) or max_tenants < 1:
-            raise ValueError("max_tenants must be a positive integer")
-        self._base = base
-        self._allowed: dict[str, str] = {_parts(base.base_url)[0]: base.base_url}
-        for entry in allowed_hosts or ():
-            url = _normalise_base_url(entry)
-            self._allowed.setdefault(_parts(url)[0], url)
-        self._pool: LRUCache[str, LangfuseRegistry] = LRUCache(maxsize=max_tenants)
-        self._hmac_key = secrets.token_bytes(32)
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(hosts={sorted(self._allowed.values())!r}, "
-            f"tenants={len(self._pool)}/{self._pool.maxsize})"
-        )
-
-    def __len__(self) -> int:
-        return len(self._pool)
-
-    def resolve(
-        self, public_key: str, secret_key: str, host: str | None = None
-    ) -> tuple[str, LangfuseRegistry]:
-        """The tenant key and registry for these credentials; no I/O.
-
-        Raises `InvalidPromptRequest` for empty keys or a host that is not allowed.
-        """
-        for value, param in ((public_key, "langfuse_public_key"), (secret_key, "langfuse_secret")):
-            if not isinstance(value, str) or not value:
-                raise InvalidPromptRequest(f"{param} must be a non-empty string.", param=param)
-        base_url = self._allowed_base_url(host)
-        tenant = self._tenant_key(base_url, public_key, secret_key)
-        registry = self._pool.get(tenant)
-        if registry is None:
-            registry = self._base._for_tenant(public_key, secret_key, base_url)
-            self._pool[tenant] = registry
-        return tenant, registry
-
-    async def aclose(self) -> None:
-        """Forget every tenant. The base registry belongs to its owner and stays open."""
-        self._pool.clear()
-
-    def _allowed_base_url(self, host: str | None) -> str:
-        if host is None:
-            return self._base.base_url
-        split = _split_url(host) if isinstance(host, str) else None
-        if split is not None:
-            origin, path = split
-            allowed = self._allowed.get(origin)
-            if allowed is not None and path in ("", _parts(allowed)[1]):
-                return allowed
-        raise InvalidPromptRequest(
-            "langfuse_host is not a Langfuse host this server may use.", param="langfuse_host"
-        )
-
-    def _tenant_key(self, base_url: str, public_key: str, secret_key: str) -> str:
-        material = json.dumps([base_url, public_key, secret_key]).encode()
-        return "langfuse:" + hmac.new(self._hmac_key, material, hashlib.sha256).hexdigest()[:32]
 
 
 def _prompt_from_response(response: httpx.Response, ref: PromptRef) -> Prompt:
@@ -431,45 +336,3 @@ def _basic_auth(public_key: str, secret_key: str) -> str:
 
 def _abbrev(key: str) -> str:
     return key if len(key) <= 10 else key[:10] + "..."
-
-
-def _split_url(url: str) -> tuple[str, str] | None:
-    """(`scheme://host:port`, path without trailing slash) of a plain http(s) URL, else None.
-
-    Anything unusual (credentials, query, fragment, whitespace, backslashes, a bad port) is
-    refused rather than interpreted, as the result decides where credentials are sent.
-    """
-    if _UNSAFE_URL_CHARS.search(url):
-        return None
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS or "@" in parts.netloc or parts.query or parts.fragment:
-        return None
-    if "?" in url or "#" in url:
-        return None
-    try:
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        return None
-    host = parts.hostname
-    if not host:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}", parts.path.rstrip("/")
-
-
-def _parts(base_url: str) -> tuple[str, str]:
-    split = _split_url(base_url)
-    assert split is not None, "only called on normalised URLs"
-    return split
-
-
-def _normalise_base_url(url: str) -> str:
-    split = _split_url(url) if isinstance(url, str) else None
-    if split is None:
-        # The URL is not echoed: it may carry credentials.
-        raise ValueError(
-            "The Langfuse base URL must be an http(s) URL without credentials, query or fragment."
-        )
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.lower()}{split[1]}"
