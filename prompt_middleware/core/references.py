@@ -215,7 +215,8 @@ def _read_model_alias(
 def _read_openai_prompt(
     body: Mapping[str, Any], credentials: Credentials | None
 ) -> PromptRequest | None:
-    """OpenAI's `prompt: {"id", "version", "variables"}`, with OpenAI's variable semantics."""
+    """OpenAI's `prompt: {"id" (or "prompt_id"), "version", "variables"}`, with OpenAI's
+    variable semantics."""
     prompt = body.get("prompt")
     if not isinstance(prompt, dict):
         return None
@@ -229,7 +230,11 @@ def _read_openai_prompt(
         raise InvalidPromptRequest(
             "prompt.version must be a positive integer (or its string).", param="prompt.version"
         )
-    ref = PromptRef.checked(prompt.get("id"), version, name_param="prompt.id")
+    # OpenAI's own samples spell the id both ways.
+    name, name_param = prompt.get("id"), "prompt.id"
+    if name is None and "prompt_id" in prompt:
+        name, name_param = prompt["prompt_id"], "prompt.prompt_id"
+    ref = PromptRef.checked(name, version, name_param=name_param)
     variables, parts = _split_variables(_object(prompt.get("variables"), "prompt.variables"))
     return PromptRequest(ref, variables, credentials, parts=parts)
 
