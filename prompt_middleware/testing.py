@@ -163,7 +163,7 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
     error: Exception | None = None
     async with anyio.create_task_group() as tg, to_app, from_app:
         tg.start_soon(run)
-        started, error = await _lifespan_step(to_app, from_app, "startup")
+        started, error = await _lifespan_event(to_app, from_app, "startup")
         if error is None:
             try:
                 yield state
@@ -172,14 +172,14 @@ async def lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
             finally:
                 if started:
                     with anyio.CancelScope(shield=True):
-                        _, failed = await _lifespan_step(to_app, from_app, "shutdown")
+                        _, failed = await _lifespan_event(to_app, from_app, "shutdown")
                     error = error or failed
         tg.cancel_scope.cancel()
     if error is not None:
         raise error
 
 
-async def _lifespan_step(
+async def _lifespan_event(
     to_app: anyio.abc.ObjectSendStream[Message],
     from_app: anyio.abc.ObjectReceiveStream[Message],
     step: str,
@@ -205,7 +205,7 @@ async def asgi_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An `httpx.AsyncClient` that calls `app` in-process; extra kwargs go to the client."""
     async with (
-        _app_with_lifespan(app, run_lifespan) as wrapped,
+        _started(app, run_lifespan) as wrapped,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=wrapped), base_url=base_url, **kwargs
         ) as client,
@@ -234,7 +234,7 @@ async def openai_client(
     except ImportError:  # pragma: no cover - depends on the installed openai
         http = httpx
     kwargs.setdefault("max_retries", 0)
-    async with _app_with_lifespan(app, run_lifespan) as wrapped:
+    async with _started(app, run_lifespan) as wrapped:
         http_client = http.AsyncClient(transport=http.ASGITransport(app=wrapped))
         client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, http_client=http_client, **kwargs
@@ -246,7 +246,7 @@ async def openai_client(
 
 
 @asynccontextmanager
-async def _app_with_lifespan(app: ASGIApp, run_lifespan: bool) -> AsyncIterator[ASGIApp]:
+async def _started(app: ASGIApp, run_lifespan: bool) -> AsyncIterator[ASGIApp]:
     """`app`, with its lifespan run and its state given to each request, as a server does."""
     if not run_lifespan:
         yield app
