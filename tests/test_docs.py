@@ -1,7 +1,7 @@
 """The README's and the docs' examples, run as written against real servers; their links resolve.
 
-`mkdocs build --strict` (in `.ci/run`) checks the links between docs pages; the README is not part
-of the site, so its links are checked here.
+`mkdocs build --strict` (in `.ci/run`) checks the links between docs pages; the README and the
+gateway guide are not part of the site, so their links are checked here.
 """
 
 from __future__ import annotations
@@ -79,10 +79,13 @@ def cli_gateway(*args: str) -> Iterator[str]:
             process.wait()
 
 
-def test_readme_links_point_at_files() -> None:
-    targets = [t.split("#")[0] for t in LINK.findall(README) if "://" not in t]
+@pytest.mark.parametrize("page", ["README.md", "examples/standalone.md"])
+def test_links_outside_the_site_point_at_files(page: str) -> None:
+    path = ROOT / page
+    links = LINK.findall(path.read_text(encoding="utf-8"))
+    targets = [t.split("#")[0] for t in links if "://" not in t]
     assert targets
-    missing = [t for t in targets if not (ROOT / t).exists()]
+    missing = [t for t in targets if not (path.parent / t).exists()]
     assert not missing
 
 
