@@ -89,6 +89,14 @@ def test_links_outside_the_site_point_at_files(page: str) -> None:
     assert not missing
 
 
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_python_examples_compile(page: str) -> None:
+    for code in blocks((ROOT / page).read_text(encoding="utf-8"), "python"):
+        compile(code, page, "exec")
+
+
 def test_readme_fastapi_app_and_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """The FastAPI app and the client from "Thirty seconds with FastAPI", under uvicorn."""
     received: list[dict[str, Any]] = []
