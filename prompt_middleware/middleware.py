@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,7 @@ class PromptMiddleware:
         model_prompts: Mapping[str, ModelPrompt | Mapping[str, Any]] | None = None,
         allow_request_credentials: bool = False,
         allowed_langfuse_hosts: Collection[str] | None = None,
+        authorize: Callable[[Scope], Awaitable[object]] | None = None,
     ) -> None:
         if client_messages not in ("replace", "append"):
             raise ValueError("client_messages must be 'replace' or 'append'")
@@ -82,6 +83,7 @@ class PromptMiddleware:
         self._tenants = (
             _tenant_pool(registry, allowed_langfuse_hosts) if allow_request_credentials else None
         )
+        self.authorize = authorize
 
     @property
     def model_prompts(self) -> Mapping[str, ModelPrompt]:
@@ -90,7 +92,8 @@ class PromptMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
-            await self._handle(scope, receive, send)
+            if self.authorize is None or await self._authorized(scope, send):
+                await self._handle(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._pass_lifespan(scope, receive, send)
         else:
@@ -104,6 +107,20 @@ class PromptMiddleware:
         if root and path.startswith(root):
             path = path[len(root) :]
         return path in self._paths
+
+    async def _authorized(self, scope: Scope, send: Send) -> bool:
+        """Run `authorize` before anything is read; it refuses by raising PromptMiddlewareError."""
+        assert self.authorize is not None
+        try:
+            await self.authorize(scope)
+        except PromptMiddlewareError as exc:
+            await send_error(send, exc)
+            return False
+        except Exception:
+            logger.exception("unexpected error in authorize")
+            await send_error(send, PromptMiddlewareError("Internal error checking the request."))
+            return False
+        return True
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_size
@@ -206,6 +223,9 @@ class PromptMiddleware:
         error: Exception | None = None
         async with anyio.create_task_group() as task_group:
             self._cache.set_task_group(task_group)
+            watch = getattr(self._cache.registry, "watch", None)
+            if watch is not None:  # e.g. FileRegistry(watch=True): drop what changes, at once
+                task_group.start_soon(watch, self._cache.invalidate)
             try:
                 await self.app(scope, receive, self._closing_send(send))
             except Exception as exc:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 __all__ = [
+    "InvalidApiKey",
     "InvalidContentEncoding",
     "InvalidPrompt",
     "InvalidPromptRequest",
@@ -86,6 +87,14 @@ class InvalidContentEncoding(PromptMiddlewareError):
 
     status_code = 400
     code = "invalid_content_encoding"
+    error_type = "invalid_request_error"
+
+
+class InvalidApiKey(PromptMiddlewareError):
+    """The gateway's client key is missing or wrong (the openai client's AuthenticationError)."""
+
+    status_code = 401
+    code = "invalid_api_key"
     error_type = "invalid_request_error"
 
 

@@ -1,13 +1,16 @@
 """`prompt-middleware`: run a standalone prompt gateway, or render a prompt to check it.
 
+    prompt-middleware serve --config gateway.yaml                         # see docs/gateway.md
+    prompt-middleware serve --config litellm_config.yaml                  # LiteLLM's, as is
     prompt-middleware serve --upstream https://api.openai.com/v1 --prompts ./prompts
     prompt-middleware serve --upstream echo --prompts examples/prompts    # dry run, no tokens
     prompt-middleware render support/triage --var product=Acme --prompts examples/prompts
 
-`serve` needs the `server` extra (uvicorn). The upstream API key is read from the environment
-variable `UPSTREAM_API_KEY` (or `--upstream-api-key`, which other users can see in the process
-list); when set, it replaces the `Authorization` header clients send, so they need no real key.
-Errors are reported as one line on stderr with exit status 1 (2 for command-line usage errors).
+`serve` needs the `server` extra (uvicorn). Flags override the config file. With `--upstream`,
+the upstream API key is read from the environment variable `UPSTREAM_API_KEY` (or
+`--upstream-api-key`, which other users can see in the process list); when set, it replaces the
+`Authorization` header clients send. Errors are reported as one line on stderr with exit status 1
+(2 for command-line usage errors).
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 
 from .._asgi import json_text
 from ..core.errors import PromptMiddlewareError
 from ..core.prompts import Prompt
 from ..registries.base import PromptRegistry
-from .echo import EchoUpstream
+from .config import LOG_LEVELS, GatewayConfig, UpstreamConfig
 
 __all__ = ["main"]
 
@@ -42,9 +47,14 @@ class CLIError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
         if args.command == "serve":
+            if args.config is None and args.upstream is None:
+                parser.error("serve: --upstream URL|echo is needed without --config")
+            if args.config is None and not (args.prompts or args.langfuse):
+                parser.error("serve: --prompts DIR or --langfuse is needed without --config")
             return _serve(args)
         return _render(args)
     except CLIError as exc:
@@ -71,36 +81,46 @@ def _parser() -> argparse.ArgumentParser:
         description="Run PromptMiddleware in front of an OpenAI-compatible upstream.",
     )
     serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="gateway config (YAML or JSON; LiteLLM's config.yaml too): see docs/gateway.md",
+    )
+    serve.add_argument(
         "--upstream",
-        required=True,
         metavar="URL|echo",
         help="base URL of the upstream API, e.g. https://api.openai.com/v1, or 'echo' for a "
-        "built-in upstream that answers with the request it received",
+        "built-in upstream that answers with the request it received (replaces the config's "
+        "default upstream)",
     )
-    _add_registry_options(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on [127.0.0.1]")
-    serve.add_argument("--port", type=int, default=4000, help="port to listen on [4000]")
+    _add_registry_options(serve, required=False)
+    serve.add_argument("--host", help="interface to listen on [127.0.0.1]")
+    serve.add_argument("--port", type=int, help="port to listen on [4000]")
+    serve.add_argument("--workers", type=int, help="worker processes [1]")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests and streams may finish [30]",
+    )
     serve.add_argument(
         "--cache-ttl",
         type=float,
-        default=60.0,
         metavar="SECONDS",
         help="seconds to cache prompts, 0 for none [60]",
     )
     serve.add_argument(
         "--strict-variables",
         action="store_true",
+        default=None,
         help="answer 400 when a prompt variable or placeholder is left unfilled",
     )
     serve.add_argument(
         "--text-role",
-        default="user",
         choices=("user", "system"),
         help="role a text prompt is sent as [user]",
     )
     serve.add_argument(
         "--client-messages",
-        default="replace",
         choices=("replace", "append"),
         help="what happens to the client's own messages [replace]",
     )
@@ -112,14 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--read-timeout",
         type=float,
-        default=600.0,
         metavar="SECONDS",
         help="longest silence from the upstream before answering 504, 0 for none [600]",
     )
     serve.add_argument(
         "--log-level",
-        default="info",
-        choices=("critical", "error", "warning", "info", "debug"),
+        choices=LOG_LEVELS,
         help="[info]",
     )
 
@@ -159,8 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_registry_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
+def _add_registry_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--prompts", metavar="DIR", help="directory of prompt files")
     group.add_argument(
         "--langfuse",
@@ -172,48 +190,112 @@ def _add_registry_options(parser: argparse.ArgumentParser) -> None:
 # serve
 
 
+_OVERRIDES = (
+    "upstream",
+    "upstream_api_key",
+    "read_timeout",
+    "prompts",
+    "langfuse",
+    "host",
+    "port",
+    "workers",
+    "graceful_timeout",
+    "cache_ttl",
+    "strict_variables",
+    "text_role",
+    "client_messages",
+    "log_level",
+)
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
         raise CLIError("'serve' needs uvicorn: pip install 'prompt-middleware[server]'") from None
-    from ..middleware import PromptMiddleware
-    from .upstream import UpstreamProxy
+    from .app import SERVE_ENV, build_app, serve_environment
+    from .config import ConfigError, inactive_settings, load_config
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    registry, registry_text = _registry(args)
-    upstream: Any
-    if args.upstream == "echo":
-        upstream = EchoUpstream()
-        upstream_text = "echo (answers with the request it received, no tokens spent)"
+    overrides = {name: getattr(args, name) for name in _OVERRIDES}
+    if overrides["prompts"] is not None:
+        overrides["prompts"] = str(Path(overrides["prompts"]).resolve())
+    overrides = {k: v for k, v in overrides.items() if v is not None and v is not False}
+    path = str(Path(args.config).resolve()) if args.config else None
+    try:
+        config = load_config(path, overrides)
+        logging.basicConfig(
+            level=config.server.log_level.upper(), format="%(levelname)s:     %(message)s"
+        )
+        app = build_app(config)  # in the parent too, so workers start from a checked config
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if path is not None:
+        # One line, as the file's own name reads better than its resolved path.
+        config = replace(config, source=args.config)
+    inactive = inactive_settings(config)
+    if inactive:
+        logger.warning(
+            "set but not active yet in this version (validated, then ignored): %s",
+            ", ".join(inactive),
+        )
+    logger.info(describe(config))
+    server = config.server
+    options: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "log_level": server.log_level,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": server.graceful_timeout,
+    }
+    if server.workers > 1:
+        os.environ[SERVE_ENV] = serve_environment(path, overrides)
+        target: Any = "prompt_middleware.gateway.app:create_app"
+        uvicorn.run(target, factory=True, workers=server.workers, **options)
     else:
-        api_key = args.upstream_api_key or os.environ.get(API_KEY_ENV)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        read_timeout = args.read_timeout if args.read_timeout > 0 else None
-        try:
-            upstream = UpstreamProxy(args.upstream, headers=headers, timeout=read_timeout)
-        except ValueError as exc:
-            raise CLIError(f"--upstream: {exc}") from None
-        key_text = "server-side API key" if api_key else "clients' Authorization"
-        upstream_text = f"{upstream.base_url.copy_with(username=None, password=None)} ({key_text})"
-    app = PromptMiddleware(
-        upstream,
-        registry=registry,
-        cache_ttl=args.cache_ttl,
-        strict_variables=args.strict_variables,
-        text_role=args.text_role,
-        client_messages=args.client_messages,
-    )
-    logger.info(
-        "%s listening on http://%s:%d; prompts: %s; upstream: %s",
-        PROG,
-        args.host,
-        args.port,
-        registry_text,
-        upstream_text,
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+        uvicorn.run(app, **options)
     return 0
+
+
+def describe(config: GatewayConfig) -> str:
+    """The startup line: what is served, where, from which registry, how clients authenticate."""
+    server = config.server
+    workers = f" ({server.workers} workers)" if server.workers > 1 else ""
+    registry = config.registry
+    if registry.files is not None:
+        watched = ", reloaded on change" if registry.watch else ""
+        prompts = f"files in {registry.files}{watched}"
+    else:
+        from ..registries.langfuse import DEFAULT_BASE_URL
+
+        host = registry.langfuse.host if registry.langfuse else None
+        prompts = f"Langfuse at {host or os.environ.get('LANGFUSE_HOST') or DEFAULT_BASE_URL}"
+    upstreams = [_describe_upstream(u, len(config.upstreams) > 1) for u in config.upstreams]
+    label = "upstreams" if len(upstreams) > 1 else "upstream"
+    parts = [
+        f"{PROG} listening on http://{server.host}:{server.port}{workers}",
+        f"prompts: {prompts}",
+        f"{label}: {', '.join(upstreams)}",
+    ]
+    if config.models:
+        parts.append(f"models: {', '.join(m.alias for m in config.models)}")
+    keys = len(config.auth.keys)
+    if keys:
+        parts.append(
+            f"auth: {keys} client key{'s' if keys > 1 else ''} "
+            "(Authorization: Bearer, api-key or x-api-key)"
+        )
+    else:
+        parts.append("auth: none (any client that reaches it may call it)")
+    return "; ".join(parts)
+
+
+def _describe_upstream(upstream: UpstreamConfig, named: bool) -> str:
+    name = f"{upstream.name}=" if named else ""
+    if upstream.base_url == "echo":
+        return f"{name}echo (answers with the request it received, no tokens spent)"
+    url = httpx.URL(upstream.base_url).copy_with(username=None, password=None)
+    key = "server-side API key" if upstream.api_key else "no API key of its own"
+    return f"{name}{url} ({key})"
 
 
 # render

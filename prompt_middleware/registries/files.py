@@ -2,13 +2,16 @@
 
 `support/triage.json` under the directory is the prompt `support/triage`, as Langfuse names
 prompts in folders. Files are read on every lookup (the middleware's cache sits in front), in a
-worker thread so the event loop never blocks on disk.
+worker thread so the event loop never blocks on disk. With `watch=True`, `watch(on_change)` tells
+the cache which prompts changed on disk as soon as they do (the `watch` extra: `watchfiles`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .memory import PromptVersions, lookup
 
 __all__ = ["FileRegistry"]
+
+logger = logging.getLogger("prompt_middleware.files")
 
 # Tried in this order when several files share a name.
 EXTENSIONS = (".json", ".yaml", ".yml", ".txt", ".md")
@@ -37,12 +42,60 @@ class FileRegistry:
 
     When no version in a file carries the `production` label, the highest version gets it, so a
     file without labels is served to requests that name no version or label.
+
+    With `watch=True`, `PromptMiddleware` runs `watch()` for its lifetime, so a changed, added or
+    removed file is served at once whatever the cache's TTL.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, watch: bool = False) -> None:
         self.directory = Path(directory).resolve()
         if not self.directory.is_dir():
             raise ValueError(f"prompt directory {str(self.directory)!r} does not exist")
+        self.watching = watch
+
+    async def watch(self, on_change: Callable[[str | None], object]) -> None:
+        """Call `on_change(name)` for each prompt whose file changes (None: maybe any), until
+        cancelled. Returns at once without `watch=True`; without `watchfiles`, or when the
+        directory cannot be watched, it logs why and returns (the cache's TTL then applies)."""
+        if not self.watching:
+            return
+        try:
+            from watchfiles import awatch
+        except ImportError:
+            logger.warning(
+                "not watching %s: pip install 'prompt-middleware[watch]' (changed files are "
+                "served once the cache TTL ends)",
+                self.directory,
+            )
+            return
+        stop = anyio.Event()
+        try:
+            async with anyio.create_task_group() as task_group:
+                # awatch's thread only notices cancellation when its stop event is set.
+                task_group.start_soon(_set_when_cancelled, stop)
+                changes = awatch(self.directory, debounce=50, step=20, stop_event=stop)
+                async for batch in changes:
+                    for name in {self._name_of(path) for _, path in batch}:
+                        logger.info("prompt file changed: %s", name or "(several)")
+                        on_change(name)
+        except Exception as exc:  # e.g. out of inotify watches
+            logger.warning(
+                "stopped watching %s (%s: %s): changed files are served once the cache TTL ends",
+                self.directory,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _name_of(self, path: str) -> str | None:
+        """The prompt a changed path holds; None when it may be several (a folder, say)."""
+        changed = Path(path)
+        if changed.suffix not in EXTENSIONS:
+            return None
+        try:
+            relative = changed.parent.resolve().relative_to(self.directory)
+        except (OSError, ValueError):
+            return None
+        return (relative / changed.stem).as_posix().removeprefix("./")
 
     def __repr__(self) -> str:
         return f"FileRegistry({str(self.directory)!r})"
@@ -79,6 +132,13 @@ class FileRegistry:
             except (OSError, RuntimeError):  # e.g. a name too long for the file system
                 continue
         return None
+
+
+async def _set_when_cancelled(event: anyio.Event) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        event.set()
 
 
 def _is_safe_name(name: str) -> bool:

@@ -1,0 +1,453 @@
+"""The gateway's ASGI app: client keys, health, model aliases and upstream routing.
+
+    GatewayApp           /health, /health/ready; client keys, checked first; GET /v1/models;
+      PromptMiddleware   the prompt rewrite (aliases bound to prompts are its `model_prompts`)
+        _Router          the request's upstream: an alias's own, else the default
+          UpstreamProxy / EchoUpstream, one per configured upstream
+
+`build_app(config)` builds it; `create_app()` is the factory uvicorn's workers import
+(`prompt_middleware.gateway.app:create_app`), reading the config path and command-line overrides
+from the `PROMPT_MIDDLEWARE_SERVE` environment variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._asgi import replay, route_path, send_error, send_json
+from ..core._json import dump_json, load_object
+from ..core.encoding import content_coding, decodable, decode_body
+from ..core.errors import InvalidApiKey, PromptMiddlewareError, PromptNotFound, RequestTooLarge
+from ..core.request import ModelPrompt
+from ..middleware import PromptMiddleware
+from ..registries.base import PromptRegistry
+from ..registries.cache import CachedRegistry
+from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
+from .echo import EchoUpstream
+from .upstream import UpstreamProxy
+
+__all__ = ["SERVE_ENV", "ClientKeys", "GatewayApp", "Readiness", "build_app", "create_app"]
+
+logger = logging.getLogger("prompt_middleware.gateway")
+
+SERVE_ENV: Final = "PROMPT_MIDDLEWARE_SERVE"
+HEALTH_PATH: Final = "/health"
+READY_PATH: Final = "/health/ready"
+MODELS_PATHS: Final = ("/v1/models", "/models")
+# A name no registry holds: asking for it shows the registry answers (not found is an answer).
+PROBE_NAME: Final = "prompt-middleware/readiness-probe"
+_CREDENTIAL_HEADERS: Final = frozenset({b"authorization", b"api-key", b"x-api-key"})
+_BEARER: Final = b"bearer "
+_UPSTREAM: Final = "prompt_middleware.upstream"  # scope key: the upstream app chosen for a request
+_PROMPT_ID: Final = re.compile(rb'"prompt_id"|\\u')
+_WWW_AUTHENTICATE: Final = [(b"www-authenticate", b"Bearer")]
+
+
+class ClientKeys:
+    """The gateway's client keys, checked in constant time.
+
+    A client presents a key as `Authorization: Bearer <key>` (OpenAI's clients), `api-key`
+    (Azure's) or `x-api-key` (Anthropic's). Each presented value is hashed and compared with
+    every key's hash, all of them, so neither the time taken nor an early exit says which key or
+    how much of one matched. Also usable as `PromptMiddleware(authorize=keys)`.
+    """
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = tuple(hashlib.sha256(key.encode()).digest() for key in keys)
+        if not self._digests:
+            raise ValueError("ClientKeys needs at least one key")
+
+    def __repr__(self) -> str:
+        return f"ClientKeys(<{len(self._digests)} keys>)"
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def allows(self, scope: Scope) -> bool:
+        matched = False
+        for raw_name, value in scope["headers"]:
+            name = raw_name.lower()
+            if name not in _CREDENTIAL_HEADERS:
+                continue
+            if name == b"authorization":
+                if value[:7].lower() != _BEARER:
+                    continue
+                key = value[7:]
+            else:
+                key = value
+            digest = hashlib.sha256(key.strip()).digest()
+            for expected in self._digests:
+                matched |= hmac.compare_digest(digest, expected)
+        return matched
+
+    async def __call__(self, scope: Scope) -> None:
+        if not self.allows(scope):
+            raise InvalidApiKey("Missing or invalid API key for this gateway.")
+
+
+class Readiness:
+    """Whether the registry has answered once and every preloaded prompt is cached."""
+
+    def __init__(self, registry: PromptRegistry, preload: Iterable[str] = ()) -> None:
+        self.registry = registry
+        self.preload = tuple(preload)
+        self.ready = False
+
+    async def run(self, *, max_delay: float = 30.0) -> None:
+        """Try until ready, backing off between attempts; then return."""
+        delay = 0.25
+        failing = ""
+        while True:
+            try:
+                await self._check()
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {getattr(exc, 'message', '') or exc}"
+                if reason != failing:
+                    logger.warning("not ready yet: %s (retrying)", reason)
+                    failing = reason
+            else:
+                self.ready = True
+                logger.info("ready: the prompt registry answers")
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+    async def _check(self) -> None:
+        if not self.preload:
+            with contextlib.suppress(PromptNotFound):
+                await self.registry.get_prompt(PROBE_NAME)
+        for name in self.preload:
+            await self.registry.get_prompt(name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Alias:
+    model: str
+    upstream: ASGIApp
+    bound: bool  # bound to a prompt: the middleware sets the model when it applies the binding
+
+
+class GatewayApp:
+    """The deployed gateway; see the module docstring for its layers."""
+
+    def __init__(
+        self,
+        middleware: PromptMiddleware,
+        router: _Router,
+        aliases: Mapping[str, _Alias],
+        *,
+        keys: ClientKeys | None = None,
+        readiness: Readiness | None = None,
+        list_models: bool = False,
+    ) -> None:
+        self.middleware = middleware
+        self.router = router
+        self.keys = keys
+        self.readiness = readiness
+        self._aliases = dict(aliases)
+        created = int(time.time())
+        self._models = {
+            alias: {"id": alias, "object": "model", "created": created, "owned_by": "gateway"}
+            for alias in self._aliases
+        }
+        self._list_models = list_models
+        default = router.default
+        # Bodies naming these must be parsed here: their model changes or their upstream does.
+        peek = [a for a, r in self._aliases.items() if not r.bound or r.upstream is not default]
+        # These matter here only with the client's own prompt_id (then the binding does not apply).
+        bound = [a for a, r in self._aliases.items() if r.bound and r.upstream is default]
+        self._peek = _alias_pattern(peek)
+        self._bound = _alias_pattern(bound)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = route_path(scope)
+            method = scope["method"]
+            if method in ("GET", "HEAD") and path in (HEALTH_PATH, READY_PATH):
+                await self._health(path, send)
+                return
+            if self.keys is not None:
+                if not self.keys.allows(scope):
+                    await send_error(send, _invalid_key(), _WWW_AUTHENTICATE)
+                    return
+                scope = _without_credentials(scope)
+            if method == "GET" and self._list_models and self._answer_models(path):
+                await self._models_answer(path, send)
+                return
+            if method == "POST" and (self._peek is not None or self._bound is not None):
+                await self._route(scope, receive, send)
+                return
+        elif kind == "websocket" and self.keys is not None and not self.keys.allows(scope):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        await self.middleware(scope, receive, send)
+
+    async def _health(self, path: str, send: Send) -> None:
+        if path == HEALTH_PATH:
+            await send_json(send, 200, {"status": "ok"})
+        elif self.readiness is None or self.readiness.ready:
+            await send_json(send, 200, {"status": "ready"})
+        else:
+            await send_json(send, 503, {"status": "starting"}, [(b"retry-after", b"1")])
+
+    def _answer_models(self, path: str) -> bool:
+        if path in MODELS_PATHS:
+            return True
+        prefix, _, alias = path.rpartition("/")
+        return prefix in MODELS_PATHS and alias in self._models
+
+    async def _models_answer(self, path: str, send: Send) -> None:
+        if path in MODELS_PATHS:
+            await send_json(send, 200, {"object": "list", "data": list(self._models.values())})
+        else:
+            await send_json(send, 200, self._models[path.rpartition("/")[2]])
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read the body once, find an alias's upstream and model, hand the body on."""
+        codings = [h for h in scope["headers"] if h[0].lower() == b"content-encoding"]
+        coding = content_coding(codings) if codings else ""
+        if not decodable(coding):
+            await self.middleware(scope, receive, send)
+            return
+        limit = self.middleware.max_body_size
+        try:
+            body = await _read_body(receive, limit)
+            if body is None:  # the client left
+                return
+            decoded = decode_body(body, coding, limit) if coding else body
+            routed = self._pick(decoded)
+        except PromptMiddlewareError as exc:
+            await send_error(send, exc)
+            return
+        if routed is None:
+            await self.middleware(scope, replay(body, receive), send)
+            return
+        upstream, new_body = routed
+        scope = {**scope, _UPSTREAM: upstream}
+        if new_body is not None:
+            body = new_body
+            headers = [h for h in scope["headers"] if h[0].lower() not in _BODY_HEADERS]
+            headers.append((b"content-length", str(len(body)).encode("ascii")))
+            scope["headers"] = headers
+        await self.middleware(scope, replay(body, receive), send)
+
+    def _pick(self, body: bytes) -> tuple[ASGIApp, bytes | None] | None:
+        """The upstream for `body`'s alias and the body with the real model (None: unchanged)."""
+        if not (
+            (self._peek is not None and self._peek.search(body))
+            or (self._bound is not None and self._bound.search(body) and _PROMPT_ID.search(body))
+        ):
+            return None
+        data = load_object(body, frozenset({"model", "prompt_id"}))
+        model = data.get("model") if data is not None else None
+        alias = self._aliases.get(model) if isinstance(model, str) else None
+        if data is None or alias is None:
+            return None
+        if alias.bound and data.get("prompt_id") is None:
+            return alias.upstream, None  # the middleware applies the binding, model included
+        if alias.model == model:
+            return alias.upstream, None
+        data["model"] = alias.model
+        return alias.upstream, dump_json(data)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Lifespan passes on; once started, readiness is worked out in the background."""
+        error: Exception | None = None
+        async with anyio.create_task_group() as task_group:
+
+            async def started(message: Message) -> None:
+                if message["type"] == "lifespan.startup.complete" and self.readiness is not None:
+                    task_group.start_soon(self.readiness.run)
+                await send(message)
+
+            try:
+                await self.middleware(scope, receive, started)
+            except Exception as exc:  # re-raised as itself, not in an ExceptionGroup
+                error = exc
+            finally:
+                task_group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+
+class _Router:
+    """Sends each request to the upstream `GatewayApp` chose for it, else the default one."""
+
+    def __init__(self, upstreams: Mapping[str, ASGIApp], default: str) -> None:
+        self.upstreams = dict(upstreams)
+        self.default = self.upstreams[default]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await scope.get(_UPSTREAM, self.default)(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for upstream in self.upstreams.values():
+                    if isinstance(upstream, UpstreamProxy):
+                        await upstream.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+_BODY_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding", b"content-encoding"})
+
+
+def _alias_pattern(aliases: list[str]) -> re.Pattern[bytes] | None:
+    """A pattern found in every JSON body that could name one of `aliases` (None: no aliases).
+
+    Escaped spellings (any `\\u` escape, `\\/`) count as possible matches; they are rare.
+    """
+    if not aliases:
+        return None
+    texts = [re.escape(json.dumps(a, ensure_ascii=False)[1:-1].encode()) for a in aliases]
+    return re.compile(b"|".join([*texts, rb"\\u", rb"\\/"]))
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _without_credentials(scope: Scope) -> Scope:
+    """The scope without the client's gateway key: it is never forwarded."""
+    headers = [h for h in scope["headers"] if h[0].lower() not in _CREDENTIAL_HEADERS]
+    return {**scope, "headers": headers}
+
+
+def _invalid_key() -> InvalidApiKey:
+    return InvalidApiKey(
+        "Missing or invalid API key for this gateway: send it as Authorization: Bearer <key>."
+    )
+
+
+# Building
+
+
+def build_app(config: GatewayConfig) -> GatewayApp:
+    """The gateway `config` describes. `ConfigError` for what only shows when building."""
+    registry = _registry(config)
+    cache: PromptRegistry = registry
+    ttl = config.cache.ttl
+    if ttl > 0:
+        cache = CachedRegistry(
+            registry,
+            ttl=ttl,
+            max_size=config.cache.max_size,
+            negative_ttl=config.cache.negative_ttl,
+            max_stale=config.cache.max_stale,
+            fetch_timeout=config.cache.fetch_timeout,
+        )
+    upstreams = {u.name: _upstream(u) for u in config.upstreams}
+    router = _Router(upstreams, config.upstreams[0].name)
+    aliases = {
+        m.alias: _Alias(m.model, upstreams[m.upstream], m.prompt_id is not None)
+        for m in config.models
+    }
+    model_prompts = {
+        m.alias: ModelPrompt(m.prompt_id, m.model, m.prompt_version, m.prompt_label)
+        for m in config.models
+        if m.prompt_id is not None
+    }
+    rewrite = config.rewrite
+    middleware = PromptMiddleware(
+        router,
+        registry=cache,
+        cache_ttl=ttl,
+        max_body_size=config.server.max_body_size,
+        strict_variables=rewrite.strict_variables,
+        client_messages=rewrite.client_messages,
+        text_role=rewrite.text_role,
+        model_prompts=model_prompts,
+    )
+    keys = ClientKeys(config.auth.keys) if config.auth.keys else None
+    return GatewayApp(
+        middleware,
+        router,
+        aliases,
+        keys=keys,
+        readiness=Readiness(middleware.registry, config.registry.preload),
+        list_models=bool(config.models),
+    )
+
+
+def _registry(config: GatewayConfig) -> PromptRegistry:
+    settings = config.registry
+    try:
+        if settings.files is not None:
+            from ..registries.files import FileRegistry
+
+            return FileRegistry(settings.files, watch=settings.watch)
+        from ..registries.langfuse import LangfuseRegistry
+
+        langfuse = settings.langfuse
+        assert langfuse is not None  # load_config checked there is a registry
+        return LangfuseRegistry(langfuse.public_key, langfuse.secret_key, langfuse.host)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: registry: {exc}") from None
+
+
+def _upstream(upstream: UpstreamConfig) -> ASGIApp:
+    if upstream.base_url == ECHO:
+        return EchoUpstream()
+    headers = dict(upstream.headers)
+    if upstream.api_key:
+        headers["Authorization"] = f"Bearer {upstream.api_key}"
+    t = upstream.timeout
+    timeout = httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool)
+    return UpstreamProxy(upstream.base_url, headers=headers or None, timeout=timeout)
+
+
+def serve_environment(path: str | None, overrides: Mapping[str, Any]) -> str:
+    """The value of `SERVE_ENV` that makes `create_app` load this configuration."""
+    return json.dumps({"config": path, "overrides": dict(overrides)})
+
+
+def create_app() -> GatewayApp:
+    """The app for one of uvicorn's worker processes, from `SERVE_ENV` (set by `serve`)."""
+    try:
+        spec = json.loads(os.environ[SERVE_ENV])
+    except (KeyError, ValueError):
+        message = f"{SERVE_ENV} is not set: start workers with prompt-middleware serve"
+        raise RuntimeError(message) from None
+    config = load_config(spec["config"], spec["overrides"])
+    logging.basicConfig(
+        level=config.server.log_level.upper(), format="%(levelname)s:     %(message)s"
+    )
+    return build_app(config)
