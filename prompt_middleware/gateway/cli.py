@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -247,6 +248,9 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "timeout_graceful_shutdown": server.graceful_timeout,
     }
+    # uvicorn drains, then raises the SIGTERM it caught again (Server.capture_signals) to end
+    # with the signal's default action; a handler that does nothing lets `serve` exit 0 instead.
+    signal.signal(signal.SIGTERM, _drained)
     if server.workers > 1:
         os.environ[SERVE_ENV] = serve_environment(path, overrides)
         target: Any = "prompt_middleware.gateway.app:create_app"
@@ -254,6 +258,10 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(app, **options)
     return 0
+
+
+def _drained(signum: int, frame: object) -> None:
+    logger.info("%s stopped", PROG)
 
 
 def describe(config: GatewayConfig) -> str:

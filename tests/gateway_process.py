@@ -1,0 +1,150 @@
+"""`prompt-middleware serve` as a real subprocess for the gateway tests, and a slow SSE upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from prompt_middleware._asgi import answer_lifespan, read_body, send_json
+
+from .servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = [sys.executable, "-m", "prompt_middleware"]
+# Variables a developer's shell may hold that would change what the gateway does.
+_SCRUBBED = ("UPSTREAM_API_KEY", "OPENAI_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY",
+             "LANGFUSE_HOST", "LANGFUSE_BASE_URL", "GATEWAY_KEY")
+
+
+def gateway_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command to its end (for startup errors)."""
+    return subprocess.run(
+        [*COMMAND, *args],
+        cwd=ROOT,
+        env=dict(env) if env is not None else gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen[str]
+    log: list[str] = field(default_factory=list)  # stderr, filled in once the process has ended
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.returncode is not None:
+            return self.process.returncode
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            _, stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, stderr = self.process.communicate()
+        if stderr and not self.log:
+            self.log.extend(stderr.splitlines())
+        return self.process.returncode
+
+
+@contextmanager
+def serving(
+    *args: str, env: Mapping[str, str] | None = None, wait_for: str = "/health"
+) -> Iterator[Gateway]:
+    """Run `serve ARGS --port P` until `wait_for` answers 200; stop it (SIGTERM) afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*COMMAND, "serve", *args, "--port", str(port)],
+        cwd=ROOT,
+        env=dict(env) if env is not None else gateway_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    gateway = Gateway(f"http://127.0.0.1:{port}", process)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                gateway.stop()
+                raise AssertionError("serve exited early:\n" + "\n".join(gateway.log))
+            assert time.monotonic() < deadline, "serve did not start"
+            try:
+                if httpx.get(gateway.url + wait_for, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
+    """`config` as a JSON file (YAML tests write their own text)."""
+    path.write_text(json.dumps(config))
+    return path
+
+
+class SlowStream:
+    """An upstream whose chat completions stream `chunks` SSE events `interval` seconds apart.
+
+    `started` counts streams that began, so a test can act mid-stream.
+    """
+
+    def __init__(self, chunks: int = 10, interval: float = 0.1) -> None:
+        self.chunks = chunks
+        self.interval = interval
+        self.started = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await answer_lifespan(receive, send)
+            return
+        if await read_body(receive) is None:
+            return
+        if not scope["path"].endswith("/chat/completions"):
+            await send_json(send, 404, {"error": {"message": "no", "type": "x", "code": "x"}})
+            return
+        self.started += 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for index in range(self.chunks):
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": f"{index} "}, "finish_reason": None}],
+            }
+            data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            await anyio.sleep(self.interval)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
