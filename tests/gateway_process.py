@@ -25,8 +25,15 @@ from .servers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = [sys.executable, "-m", "prompt_middleware"]
 # Variables a developer's shell may hold that would change what the gateway does.
-_SCRUBBED = ("UPSTREAM_API_KEY", "OPENAI_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY",
-             "LANGFUSE_HOST", "LANGFUSE_BASE_URL", "GATEWAY_KEY")
+_SCRUBBED = (
+    "UPSTREAM_API_KEY",
+    "OPENAI_API_KEY",
+    "LANGFUSE_PUBLIC_KEY",
+    "LANGFUSE_SECRET_KEY",
+    "LANGFUSE_HOST",
+    "LANGFUSE_BASE_URL",
+    "GATEWAY_KEY",
+)
 
 
 def gateway_env(**extra: str) -> dict[str, str]:
