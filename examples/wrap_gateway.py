@@ -13,9 +13,9 @@ Run (from the repository root):  uvicorn examples.wrap_gateway:app --port 4000
 Then point any OpenAI client at http://127.0.0.1:4000/v1 with api_key="sk-gateway" and send
 `extra_body={"prompt_id": "support/triage", "prompt_variables": {...}}`.
 
-The middleware runs before the gateway's own key check, so a request with a bad key is rejected
-only after its prompt was looked up. To check keys first, wrap the other way round:
-`RequireKey(PromptMiddleware(gateway, ...))`.
+The middleware sits in front of the gateway, so it is given the gateway's key check as
+`authorize=`: a request with a bad key is refused before its body is read or its prompt looked
+up, and a client without a key learns nothing about which prompts exist.
 """
 
 from __future__ import annotations
@@ -34,37 +34,40 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prompt_middleware import FileRegistry, PromptMiddleware, UpstreamProxy
+from prompt_middleware.core.errors import InvalidApiKey
 from prompt_middleware.gateway.echo import EchoUpstream
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 GATEWAY_KEY = os.environ.get("GATEWAY_KEY", "sk-gateway")
 
 
+def has_gateway_key(scope: Scope) -> bool:
+    given = dict(scope["headers"]).get(b"authorization", b"")
+    return hmac.compare_digest(given, f"Bearer {GATEWAY_KEY}".encode())
+
+
 class RequireKey:
     """The gateway's own auth: `Authorization: Bearer <GATEWAY_KEY>` on every request."""
 
-    def __init__(self, app: ASGIApp, key: str) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.expected = f"Bearer {key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = json.dumps(
-                    {
-                        "error": {
-                            "message": "Invalid gateway key.",
-                            "type": "invalid_request_error",
-                            "param": None,
-                            "code": "invalid_api_key",
-                        }
+        if scope["type"] == "http" and not has_gateway_key(scope):
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": "Invalid gateway key.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
                     }
-                ).encode()
-                headers = [(b"content-type", b"application/json")]
-                await send({"type": "http.response.start", "status": 401, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
+                }
+            ).encode()
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 401, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         await self.app(scope, receive, send)
 
 
@@ -90,12 +93,19 @@ def build_gateway() -> Starlette:
             await upstream.aclose()  # Mount does not pass lifespan on to the proxy
 
     return Starlette(
-        routes=[Route("/health", health), Mount("/v1", app=RequireKey(upstream, GATEWAY_KEY))],
+        routes=[Route("/health", health), Mount("/v1", app=RequireKey(upstream))],
         lifespan=lifespan,
     )
 
 
 gateway = build_gateway()
 
+
+async def check_key(scope: Scope) -> None:
+    """The gateway's own key check, run by the middleware before it reads anything."""
+    if not has_gateway_key(scope):
+        raise InvalidApiKey("Invalid gateway key.")
+
+
 # The one line this example is about.
-app = PromptMiddleware(gateway, registry=FileRegistry(PROMPTS))
+app = PromptMiddleware(gateway, registry=FileRegistry(PROMPTS), authorize=check_key)

@@ -102,6 +102,11 @@ async def test_wrapped_gateway(gateway_example: ModuleType) -> None:
     async with openai_client(gateway_example.app, api_key="wrong") as client:
         with pytest.raises(openai.AuthenticationError):
             await client.chat.completions.create(model="m", messages=[TICKET])
+        # Checked before the prompt is looked up: an unknown prompt is no 404 without a key.
+        with pytest.raises(openai.AuthenticationError):
+            await client.chat.completions.create(
+                model="m", messages=[TICKET], extra_body={"prompt_id": "no/such/prompt"}
+            )
 
 
 async def test_wrapped_gateway_forwarding_to_an_upstream(
