@@ -48,6 +48,7 @@ models:
 auth:
   keys: [os.environ/GATEWAY_KEY, sk-second-key]
 server: {{host: 127.0.0.1, graceful_timeout: 10}}
+metrics: {{path: /metrics}}      # validated, reported as not active yet
 """
 
 
@@ -80,6 +81,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             yield Setup(gateway, main, other, prompts)
         assert gateway.process.returncode == 0, gateway.log
         log = "\n".join(gateway.log)
+        assert "Traceback" not in log
+        inactive = [line for line in gateway.log if "not active yet" in line]
+        assert len(inactive) == 1
+        assert inactive[0].endswith(": metrics")
         for secret in (GATEWAY_KEY, MAIN_KEY, OTHER_KEY, "sk-second-key"):
             assert secret not in log
 
@@ -236,6 +241,7 @@ def test_workers_serve_and_sigterm_finishes_the_stream(workers: int, tmp_path: P
     log = "\n".join(gateway.log)
     assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == workers
     assert GATEWAY_KEY not in log
+    assert "Traceback" not in log
     startup = [line for line in gateway.log if "listening on" in line]
     assert len(startup) == 1
     if workers > 1:

@@ -52,6 +52,16 @@ class FileRegistry:
         if not self.directory.is_dir():
             raise ValueError(f"prompt directory {str(self.directory)!r} does not exist")
         self.watching = watch
+        self._stop: anyio.Event | None = None  # set to end a running watch()
+        self._stopped: anyio.Event | None = None
+
+    async def aclose(self) -> None:
+        """End a running `watch()` and wait (up to 5 s) until it has: its thread must be gone
+        before the ASGI lifespan completes, or the server cancels the lifespan mid-cleanup."""
+        if self._stop is not None and self._stopped is not None:
+            self._stop.set()
+            with anyio.move_on_after(5):
+                await self._stopped.wait()
 
     async def watch(self, on_change: Callable[[str | None], object]) -> None:
         """Call `on_change(name)` for each prompt whose file changes (None: maybe any), until
@@ -68,7 +78,8 @@ class FileRegistry:
                 self.directory,
             )
             return
-        stop = anyio.Event()
+        self._stop = stop = anyio.Event()
+        self._stopped = stopped = anyio.Event()
         try:
             async with anyio.create_task_group() as task_group:
                 # awatch's thread only notices cancellation when its stop event is set.
@@ -78,6 +89,7 @@ class FileRegistry:
                     for name in {self._name_of(path) for _, path in batch}:
                         logger.info("prompt file changed: %s", name or "(several)")
                         on_change(name)
+                task_group.cancel_scope.cancel()  # stopped by aclose()
         except Exception as exc:  # e.g. out of inotify watches
             logger.warning(
                 "stopped watching %s (%s: %s): changed files are served once the cache TTL ends",
@@ -85,6 +97,8 @@ class FileRegistry:
                 type(exc).__name__,
                 exc,
             )
+        finally:
+            stopped.set()
 
     def _name_of(self, path: str) -> str | None:
         """The prompt a changed path holds; None when it may be several (a folder, say)."""
