@@ -11,6 +11,8 @@ JSON body) and `prompt-middleware serve --config` (one worker) both run pinned t
   alias     wrk -> gateway -> upstream: `"model": "assistant"` (an alias bound to the prompt),
             `Authorization: Bearer <key>`: key check, rewrite, forwarded with the upstream's key
   plain     wrk -> gateway -> upstream: the plain body with a key: key check and forwarding only
+  flags     wrk -> `serve --upstream URL --prompts DIR` (no config, keys or aliases) -> upstream:
+            the plain body; what the proxy costs without the config file's layers
 
 Per round and target: server CPU µs per request (utime + stime from /proc ÷ requests) of the
 gateway and of the upstream, and wrk's latency p50 / p99. Tables: medians over rounds [IQR].
@@ -88,7 +90,7 @@ class Sample:
 @dataclass
 class Target:
     name: str
-    port: int
+    server: Process  # the process wrk talks to
     body: bytes
     samples: list[Sample] = field(default_factory=list)
 
@@ -142,7 +144,7 @@ def alias_body() -> bytes:
 
 
 @contextlib.contextmanager
-def servers(tmp: Path, core: int | None, keys: int) -> Iterator[tuple[Process, Process]]:
+def servers(tmp: Path, core: int | None, keys: int) -> Iterator[tuple[Process, Process, Process]]:
     started: list[Process] = []
     try:
         port = free_port()
@@ -156,9 +158,15 @@ def servers(tmp: Path, core: int | None, keys: int) -> Iterator[tuple[Process, P
                 "--port", str(gport)]  # fmt: skip
         gateway = Process("gateway", gport, subprocess.Popen(pinned(core, argv), cwd=ROOT))
         started.append(gateway)
+        fport = free_port()
+        argv = [sys.executable, "-m", "prompt_middleware", "serve", "--upstream",
+                f"http://127.0.0.1:{port}/v1", "--prompts", str(tmp / "prompts"),
+                "--log-level", "warning", "--port", str(fport)]  # fmt: skip
+        flags = Process("flags", fport, subprocess.Popen(pinned(core, argv), cwd=ROOT))
+        started.append(flags)
         for process in started:
             wait_ready(process)
-        yield upstream, gateway
+        yield upstream, gateway, flags
     finally:
         for process in started:
             process.proc.terminate()
@@ -171,7 +179,7 @@ def servers(tmp: Path, core: int | None, keys: int) -> Iterator[tuple[Process, P
 
 def wait_ready(process: Process, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    path = "/health/ready" if process.name == "gateway" else "/"
+    path = "/" if process.name == "upstream" else "/health/ready"
     while time.monotonic() < deadline:
         if process.proc.poll() is not None:
             raise RuntimeError(f"{process.name} exited with {process.proc.returncode}")
@@ -184,7 +192,7 @@ def wait_ready(process: Process, timeout: float = 30.0) -> None:
 
 def check(target: Target) -> None:
     response = httpx.post(
-        f"http://127.0.0.1:{target.port}{CHAT_PATH}",
+        f"http://127.0.0.1:{target.server.port}{CHAT_PATH}",
         content=target.body,
         headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"},
     )
@@ -192,19 +200,17 @@ def check(target: Target) -> None:
         raise RuntimeError(f"{target.name}: status {response.status_code} {response.text}")
     if (response.headers.get("x-prompt-name") is not None) != (target.name == "alias"):
         raise RuntimeError(f"{target.name}: unexpected prompt headers")
-    refused = httpx.post(f"http://127.0.0.1:{target.port}{CHAT_PATH}", content=target.body)
-    if target.name != "direct" and refused.status_code != 401:
+    refused = httpx.post(f"http://127.0.0.1:{target.server.port}{CHAT_PATH}", content=target.body)
+    if target.name in ("alias", "plain") and refused.status_code != 401:
         raise RuntimeError(f"{target.name}: a request without a key got {refused.status_code}")
 
 
-def run_wrk(
-    target: Target, servers: tuple[Process, Process], tmp: Path, seconds: int, core: int | None
-) -> Sample:
-    upstream, gateway = servers
+def run_wrk(target: Target, upstream: Process, tmp: Path, seconds: int, core: int | None) -> Sample:
+    gateway = target.server
     body_file = tmp / f"{target.name}.json"
     body_file.write_bytes(target.body)
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_KEY": KEY}
-    url = f"http://127.0.0.1:{target.port}{CHAT_PATH}"
+    url = f"http://127.0.0.1:{target.server.port}{CHAT_PATH}"
     argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(tmp / "post.lua"), url]
     g0, u0 = gateway.cpu_seconds(), upstream.cpu_seconds()
     out = subprocess.run(
@@ -219,7 +225,7 @@ def run_wrk(
     if requests == 0 or any(errors):
         raise RuntimeError(f"wrk against {target.name}: {requests} requests, errors {errors}")
     return Sample(
-        gateway_cpu_us=(g1 - g0) / requests * 1e6,
+        gateway_cpu_us=0.0 if gateway is upstream else (g1 - g0) / requests * 1e6,
         upstream_cpu_us=(u1 - u0) / requests * 1e6,
         p50_ms=p50 / 1000,
         p99_ms=p99 / 1000,
@@ -308,19 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         (tmp / "post.lua").write_text(LUA, encoding="utf-8")
-        with servers(tmp, server_core, args.keys) as (upstream, gateway):
+        with servers(tmp, server_core, args.keys) as (upstream, gateway, flags):
             plain = body_for("typical", "plain")
             targets = [
-                Target("direct", upstream.port, plain),
-                Target("alias", gateway.port, alias_body()),
-                Target("plain", gateway.port, plain),
+                Target("direct", upstream, plain),
+                Target("alias", gateway, alias_body()),
+                Target("plain", gateway, plain),
+                Target("flags", flags, plain),
             ]
             for target in targets:
                 check(target)
-                run_wrk(target, (upstream, gateway), tmp, 1, client_core)  # warm-up
+                run_wrk(target, upstream, tmp, 1, client_core)  # warm-up
             for r in range(args.rounds):
                 for target in targets if r % 2 == 0 else targets[::-1]:
-                    sample = run_wrk(target, (upstream, gateway), tmp, args.duration, client_core)
+                    sample = run_wrk(target, upstream, tmp, args.duration, client_core)
                     target.samples.append(sample)
                     print(
                         f"  round {r + 1} {target.name:6}: {sample.rps:6.0f} req/s, gateway "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from prompt_middleware.gateway.app import build_app
-from prompt_middleware.gateway.cli import main
+from prompt_middleware.gateway.cli import _parser, main
 from prompt_middleware.gateway.config import (
     NOT_YET_ACTIVE,
     ConfigError,
@@ -341,3 +343,38 @@ def test_real_cli_config_errors(text: str, message: str, folder: Path) -> None:
     assert message in result.stderr
     assert "gateway.yaml" in result.stderr
     assert "sk-x" not in result.stderr
+
+
+def _doc_blocks(kind: str) -> list[str]:
+    text = (ROOT / "docs" / "gateway.md").read_text()
+    return re.findall(rf"```{kind}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_docs_configs_load(folder: Path) -> None:
+    """docs/gateway.md's minimal config, with its sections accepted ahead, loads; its LiteLLM
+    example is the shipped one."""
+    minimal, ahead, litellm = _doc_blocks("yaml")
+    config = load_config(_write(folder, minimal + ahead))
+    assert config.models[0].alias == "support-bot"
+    assert config.server.workers == 2
+    assert inactive_settings(config) == ["webhooks", "metrics", "tracing", "experiments"]
+    shipped = (ROOT / "examples" / "litellm_config.yaml").read_text()
+    assert litellm in shipped
+
+
+def test_docs_commands_parse() -> None:
+    commands = [
+        shlex.split(line, comments=True)[1:]
+        for block in _doc_blocks("sh")
+        for line in block.splitlines()
+        if line.startswith("prompt-middleware ")
+    ]
+    commands += [
+        shlex.split(line.split("=", 1)[1])[1:]
+        for block in _doc_blocks("ini")
+        for line in block.splitlines()
+        if line.startswith("ExecStart=")
+    ]
+    assert len(commands) == 4
+    for args in commands:
+        assert _parser().parse_args(args).command == "serve"
