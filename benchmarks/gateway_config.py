@@ -211,7 +211,17 @@ def run_wrk(target: Target, upstream: Process, tmp: Path, seconds: int, core: in
     body_file.write_bytes(target.body)
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_KEY": KEY}
     url = f"http://127.0.0.1:{target.server.port}{CHAT_PATH}"
-    argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(tmp / "post.lua"), url]
+    argv = [
+        "wrk",
+        "-t1",
+        "-c16",
+        "--timeout",
+        "10s",
+        f"-d{seconds}s",
+        "-s",
+        str(tmp / "post.lua"),
+        url,
+    ]
     g0, u0 = gateway.cpu_seconds(), upstream.cpu_seconds()
     out = subprocess.run(
         pinned(core, argv), check=False, env=env, capture_output=True, text=True,

@@ -178,7 +178,7 @@ class GatewayApp:
         if kind == "http":
             path = route_path(scope)
             method = scope["method"]
-            if method in ("GET", "HEAD") and path in (HEALTH_PATH, READY_PATH):
+            if method == "GET" and path in (HEALTH_PATH, READY_PATH):
                 await self._health(path, send)
                 return
             if self.keys is not None:

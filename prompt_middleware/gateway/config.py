@@ -965,6 +965,14 @@ def _check(config: GatewayConfig) -> None:
         )
     if not config.upstreams:
         raise ConfigError(f"{where}: upstreams: expected at least one (or --upstream URL|echo)")
+    server = config.server
+    if not 0 <= server.port <= 65535 or server.workers < 1 or server.graceful_timeout < 0:
+        raise ConfigError(
+            f"{where}: server: expected a port from 0 to 65535, at least 1 worker and a "
+            "graceful_timeout of at least 0"
+        )
+    if config.cache.ttl < 0:
+        raise ConfigError(f"{where}: cache.ttl: expected a number at least 0")
     keyed = [u.name for u in config.upstreams if u.api_key]
     auth = config.auth
     if keyed and not auth.keys and not auth.allow_anonymous and not is_loopback(config.server.host):
