@@ -92,7 +92,7 @@ class PromptMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
-            if self.authorize is None or await self._authorized(scope, send):
+            if self.authorize is None or await _authorized(self.authorize, scope, send):
                 await self._handle(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._pass_lifespan(scope, receive, send)
@@ -107,20 +107,6 @@ class PromptMiddleware:
         if root and path.startswith(root):
             path = path[len(root) :]
         return path in self._paths
-
-    async def _authorized(self, scope: Scope, send: Send) -> bool:
-        """Run `authorize` before anything is read; it refuses by raising PromptMiddlewareError."""
-        assert self.authorize is not None
-        try:
-            await self.authorize(scope)
-        except PromptMiddlewareError as exc:
-            await send_error(send, exc)
-            return False
-        except Exception:
-            logger.exception("unexpected error in authorize")
-            await send_error(send, PromptMiddlewareError("Internal error checking the request."))
-            return False
-        return True
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_size
@@ -253,6 +239,22 @@ class PromptMiddleware:
         closer = getattr(self.registry, "aclose", None)
         if closer is not None:
             await closer()
+
+
+async def _authorized(
+    authorize: Callable[[Scope], Awaitable[object]], scope: Scope, send: Send
+) -> bool:
+    """Run `authorize` before anything is read; it refuses by raising PromptMiddlewareError."""
+    try:
+        await authorize(scope)
+    except PromptMiddlewareError as exc:
+        await send_error(send, exc)
+        return False
+    except Exception:
+        logger.exception("unexpected error in authorize")
+        await send_error(send, PromptMiddlewareError("Internal error checking the request."))
+        return False
+    return True
 
 
 def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:

@@ -29,10 +29,10 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._asgi import replay, route_path, send_error, send_json
-from ..core._json import dump_json, load_object
+from ..core._json import draft_object, dump_json, exact_object
 from ..core.encoding import content_coding, decodable, decode_body
 from ..core.errors import InvalidApiKey, PromptMiddlewareError, PromptNotFound, RequestTooLarge
-from ..core.request import ModelPrompt
+from ..core.references import ModelPrompt
 from ..middleware import PromptMiddleware
 from ..registries.base import PromptRegistry
 from ..registries.cache import CachedRegistry
@@ -54,6 +54,7 @@ _CREDENTIAL_HEADERS: Final = frozenset({b"authorization", b"api-key", b"x-api-ke
 _BEARER: Final = b"bearer "
 _UPSTREAM: Final = "prompt_middleware.upstream"  # scope key: the upstream app chosen for a request
 _PROMPT_ID: Final = re.compile(rb'"prompt_id"|\\u')
+_ROUTE_FIELDS: Final = frozenset({"model", "prompt_id"})  # repeating one is refused
 _WWW_AUTHENTICATE: Final = [(b"www-authenticate", b"Bearer")]
 
 
@@ -256,7 +257,14 @@ class GatewayApp:
             or (self._bound is not None and self._bound.search(body) and _PROMPT_ID.search(body))
         ):
             return None
-        data = load_object(body, frozenset({"model", "prompt_id"}))
+        draft = draft_object(body)
+        if draft is None:  # JSON, not an object
+            return None
+        if isinstance(draft, dict):  # orjson's reading is exact in keys and strings: enough here
+            model = draft.get("model")
+            if not isinstance(model, str) or model not in self._aliases:
+                return None
+        data = exact_object(body, draft, _ROUTE_FIELDS)
         model = data.get("model") if data is not None else None
         alias = self._aliases.get(model) if isinstance(model, str) else None
         if data is None or alias is None:
