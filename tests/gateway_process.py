@@ -73,7 +73,7 @@ class Gateway:
             _, stderr = self.process.communicate()
         if stderr and not self.log:
             self.log.extend(stderr.splitlines())
-        return self.process.returncode
+        return self.process.wait()
 
 
 @contextmanager

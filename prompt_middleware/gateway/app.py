@@ -194,6 +194,7 @@ class GatewayApp:
                 await self._route(scope, receive, send)
                 return
         elif kind == "websocket" and self.keys is not None and not self.keys.allows(scope):
+            await receive()  # websocket.connect; closing before accepting refuses it (403)
             await send({"type": "websocket.close", "code": 1008})
             return
         elif kind == "lifespan":
