@@ -109,8 +109,9 @@ def test_any_secret_and_any_digest_may_match() -> None:
     digest = header.split("v1=")[1]
     both = f"t=1000,v1={'0' * 64},v1={digest}"
     assert verify_signature(both, body, [OTHER_SECRET], now=1000)
-    assert verify_signature(header.upper().replace("T=", "t=").replace("V1=", "v1="), body,
-                            [OTHER_SECRET], now=1000)
+    assert verify_signature(
+        header.upper().replace("T=", "t=").replace("V1=", "v1="), body, [OTHER_SECRET], now=1000
+    )
 
 
 def test_tolerance_is_inclusive() -> None:

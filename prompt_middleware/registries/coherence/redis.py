@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import random
+import sys
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -28,7 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import coredis
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio installs the backport there
+    from exceptiongroup import BaseExceptionGroup
 
 from ...core.prompts import Prompt
 from ..base import PromptRegistry
@@ -113,9 +118,8 @@ class RedisFanout:
             raise ValueError("timeout must be a positive number of seconds")
         self._url = url
         self._where = _describe_url(url)
-        self._client: coredis.Redis[str] = coredis.Redis.from_url(
-            url, decode_responses=True, connect_timeout=timeout, stream_timeout=timeout
-        )
+        # Made in run(): coredis binds its locks to the event loop that first creates them.
+        self._client: coredis.Redis[str] = _DISCONNECTED
         self._on_message = on_message
         self._prefix = prefix
         self._channel = f"{prefix}:invalidations"
@@ -125,7 +129,7 @@ class RedisFanout:
         self.worker_id = uuid.uuid4().hex
         self._epochs: dict[str, int] = {}
         self._pending: dict[tuple[str, str | None], str] = {}  # -> origin
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None  # made in run(), on the loop that waits on it
         self._running = False
         self._up = False
         self._warned = False  # about the outage in progress
@@ -156,6 +160,8 @@ class RedisFanout:
 
     async def run(self) -> None:
         """Keep subscribed until cancelled; reconnect with capped backoff. Never raises."""
+        self._client = _connect(self._url, self._timeout)
+        self._wake = anyio.Event()
         async with self._client, anyio.create_task_group() as task_group:
             self._running = True
             task_group.start_soon(self._flush_loop)
@@ -181,7 +187,17 @@ class RedisFanout:
                             self._handle(str(message["data"]))
                 raise coredis.exceptions.ConnectionError("subscription ended")
             except Exception as exc:
+                await anyio.lowlevel.checkpoint()  # being cancelled: that is no outage
                 self._mark_down(exc)
+            except BaseException as exc:
+                # Cancelled while subscribed: coredis 6.9's pub/sub cleanup then writes
+                # UNSUBSCRIBE to a connection being closed by the same cancellation and adds
+                # ClosedResourceError beside the cancellation. Only the cancellation goes on.
+                if isinstance(exc, BaseExceptionGroup):
+                    _, rest = exc.split(Exception)
+                    if rest is not None and rest is not exc:
+                        raise rest from None
+                raise
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._backoff[1])
 
@@ -226,15 +242,12 @@ class RedisFanout:
             separators=(",", ":"),
             ensure_ascii=False,
         )
-        try:
-            with anyio.fail_after(self._timeout):
-                epoch = await self._client.eval(
-                    _BUMP_AND_PUBLISH,
-                    keys=[self._epochs_key],
-                    args=[scope, self._channel, payload],
-                )
-        except Exception as exc:
-            self._mark_down(exc)
+        epoch = await self._command(
+            lambda c: c.eval(
+                _BUMP_AND_PUBLISH, keys=[self._epochs_key], args=[scope, self._channel, payload]
+            )
+        )
+        if epoch is _DOWN:
             self.enqueue(scope, name, origin)
             return False
         self._epochs[scope] = max(int(str(epoch)), self._epochs.get(scope, 0))
@@ -247,10 +260,12 @@ class RedisFanout:
             self._pending = {(ALL_SCOPES, None): origin}
         else:
             self._pending[(scope, name)] = origin
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def _flush_loop(self) -> None:
         while True:
+            assert self._wake is not None
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._pending and self._up:
@@ -285,14 +300,23 @@ class RedisFanout:
         await self._command(lambda c: c.set(key, value, px=None if ttl is None else _ms(ttl)))
 
     async def _command(self, call: Callable[[coredis.Redis[str]], Any]) -> Any:
+        """`call(client)`, retried once; `_DOWN` if the subscriber is away or both fail.
+
+        The retry is for pooled connections that died with a Redis restart (coredis raises
+        anyio's ClosedResourceError for those rather than reconnecting). A failure here does not
+        mark Redis down: the subscriber decides that, and keeps trying.
+        """
         if not (self._running and self._up):
             return _DOWN
-        try:
-            with anyio.fail_after(self._timeout):
-                return await call(self._client)
-        except Exception as exc:
-            self._mark_down(exc)
-            return _DOWN
+        for attempt in (1, 2):
+            try:
+                with anyio.fail_after(self._timeout):
+                    return await call(self._client)
+            except Exception as exc:
+                self._counts["errors"] += 1
+                if attempt == 2:
+                    logger.warning("A Redis command failed (%s); kept local", _reason(exc))
+        return _DOWN
 
     # -- outage bookkeeping ------------------------------------------------------------------
 
@@ -300,7 +324,7 @@ class RedisFanout:
         if self._warned:
             logger.warning("Redis at %s answers again; invalidations are shared", self._where)
         self._up, self._warned = True, False
-        if self._pending:
+        if self._pending and self._wake is not None:
             self._wake.set()
 
     def _mark_down(self, exc: BaseException) -> None:
@@ -390,9 +414,7 @@ async def publish_invalidation(
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    client: coredis.Redis[str] = coredis.Redis.from_url(
-        url, decode_responses=True, connect_timeout=timeout, stream_timeout=timeout
-    )
+    client = _connect(url, timeout)
     with anyio.fail_after(timeout):
         async with client:
             epoch = await client.eval(
@@ -404,6 +426,15 @@ async def publish_invalidation(
 
 
 _DOWN = object()
+
+
+def _connect(url: str, timeout: float) -> coredis.Redis[str]:
+    return coredis.Redis.from_url(
+        url, decode_responses=True, connect_timeout=timeout, stream_timeout=timeout
+    )
+
+
+_DISCONNECTED: Any = None
 
 
 def _ms(seconds: float) -> int:
