@@ -69,6 +69,7 @@ class Poller:
         overlap: seconds each query reaches back before the mark.
         leader: awaited before each poll; False skips it (another worker polls).
         load_mark, save_mark: read and store the shared mark (ISO 8601), e.g. in Redis.
+        page_size: prompts asked for per page (`limit`).
         clock: wall clock, for the first mark only.
     """
 
@@ -82,12 +83,16 @@ class Poller:
         leader: Leader | None = None,
         load_mark: LoadMark | None = None,
         save_mark: SaveMark | None = None,
+        page_size: int = _PAGE_LIMIT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not (interval > 0 and math.isfinite(interval)):
             raise ValueError("poll interval must be a positive number of seconds")
         if not (overlap >= 0 and math.isfinite(overlap)):
             raise ValueError("overlap must be a non-negative number of seconds")
+        if page_size < 1:
+            raise ValueError("page_size must be positive")
+        self._page_size = page_size
         self._registry = registry
         self.interval = interval
         self._on_change = on_change
@@ -145,7 +150,7 @@ class Poller:
         changed: dict[str, None] = {}
         page, pages = 1, 1
         while page <= min(pages, _MAX_PAGES):
-            params = {"fromUpdatedAt": since, "page": str(page), "limit": str(_PAGE_LIMIT)}
+            params = {"fromUpdatedAt": since, "page": str(page), "limit": str(self._page_size)}
             data = await get_json(self._registry, LIST_PATH, params)
             items, pages = _page(data)
             for item in items:
