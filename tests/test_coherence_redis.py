@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from prompt_middleware import PromptMiddleware
+from prompt_middleware.core.errors import PromptNotFound
 from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.registries.cache import CachedRegistry
 from prompt_middleware.registries.coherence import SIGNATURE_HEADER, Coherence, sign
@@ -51,7 +52,7 @@ class Counting:
 
 async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
     with anyio.fail_after(within):
-        while not check():
+        while not check():  # noqa: ASYNC110 (state changed by other tasks and threads)
             await anyio.sleep(0.005)
 
 
@@ -205,7 +206,7 @@ async def test_shared_l2_cache(redis_server: RedisServer) -> None:
         assert (await b.cache.get_prompt("greet")).prompt == "v1"  # from Redis
         assert registry.calls == 2
         # Typed keys: label "1" is not version 1.
-        with pytest.raises(Exception, match="not found|Prompt"):
+        with pytest.raises(PromptNotFound):
             await b.cache.get_prompt("greet", label="1")
         registry.version = 2
         assert (await signed(a.webhook_app, payload())).status_code == 200
@@ -239,7 +240,7 @@ async def test_two_served_gateways_share_invalidations(
             )
             assert response.status_code == 200
             with anyio.fail_after(1.0):
-                while await versions() != ["2", "2"]:
+                while await versions() != ["2", "2"]:  # noqa: ASYNC110 (state changed by other tasks and threads)
                     await anyio.sleep(0.01)
 
 
