@@ -332,7 +332,7 @@ async def test_request_tenants_are_mapped_to_their_project(
     app = coherence.wrap(_NotFound())
     async with asgi_client(app) as client:
         await cache.get_prompt("greet")
-        await cache.get_prompt("greet", tenant="t-a", registry=tenant)
+        await cache.for_tenant("t-a", tenant).get_prompt("greet")
         # Its project is not known yet: dropped to be safe, and looked up meanwhile.
         await post(client, payload(delivery="1", project="project-pk-server"))
         assert cache.stats.entries == 0
@@ -340,7 +340,7 @@ async def test_request_tenants_are_mapped_to_their_project(
             while "t-a" not in coherence._tenant_projects:  # noqa: ASYNC110 (state changed by other tasks and threads)
                 await anyio.sleep(0.01)
         await cache.get_prompt("greet")
-        await cache.get_prompt("greet", tenant="t-a", registry=tenant)
+        await cache.for_tenant("t-a", tenant).get_prompt("greet")
         await post(client, payload(delivery="2", project="project-pk-server"))
         assert cache.stats.entries == 1  # only the tenant of the other project is left
         await post(client, payload(delivery="3", project="project-pk-a"))

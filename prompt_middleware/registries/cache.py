@@ -296,7 +296,7 @@ class CachedRegistry:
             self._listeners.remove(listener)
 
     def tenants(self) -> dict[str, PromptRegistry]:
-        """The tenants seen recently with their own registry (`get_prompt(registry=...)`)."""
+        """The tenants seen recently with their own registry (`for_tenant(tenant, registry)`)."""
         return dict(self._sources)
 
     @property
