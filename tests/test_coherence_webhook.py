@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.types import Message
 
 from prompt_middleware.core.prompts import Prompt
 from prompt_middleware.registries.cache import CachedRegistry
@@ -273,12 +274,12 @@ async def test_a_body_without_length_is_counted_while_read(cache: CachedRegistry
     app = coherent(cache, max_body_size=1000).webhook_app
     assert app is not None
     messages = iter([{"type": "http.request", "body": b"x" * 100, "more_body": True}] * 20)
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return next(messages)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
