@@ -250,3 +250,17 @@ def _gateway(langfuse_url: str, redis_url: str) -> Any:
     assert isinstance(middleware.registry, CachedRegistry)
     coherence = Coherence(middleware.registry, webhook_secrets=[SECRET], redis_url=redis_url)
     return running_server(coherence.wrap(middleware))
+
+
+async def test_no_sharing_until_the_project_is_known(redis_server: RedisServer) -> None:
+    registry = Counting()
+    workers = [
+        Coherence(CachedRegistry(registry, ttl=600), redis_url=redis_server.url, shared_cache=True)
+        for _ in range(2)
+    ]
+    async with running(*workers):
+        await eventually(lambda: all(up(w) for w in workers))
+        for w in workers:
+            await w.cache.get_prompt("greet")
+    assert registry.calls == 2  # each asked the registry: a webhook's scope could not be matched
+    assert workers[1].stats.shared_hits == 0

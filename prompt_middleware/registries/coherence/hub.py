@@ -66,7 +66,9 @@ class Coherence:
             `webhook_app` accepts signed `prompt-version` deliveries.
         tolerance: seconds a webhook signature's timestamp may be off.
         redis_url: share invalidations with every worker through this Redis (`redis` extra).
-        shared_cache: also share fetched prompts through Redis (an L2 cache, `cache_ttl` long).
+        shared_cache: also share fetched prompts through Redis (an L2 cache, `cache_ttl` long),
+            once the server's Langfuse project id is known. It wraps `cache.registry`, so make
+            the `Coherence` after the `PromptMiddleware` whose cache it is.
         poll_interval: poll Langfuse for changed prompts every so many seconds (one elected
             poller when Redis is configured, else one per worker).
         project_id: the server's Langfuse project id; learned from Langfuse when not given.
@@ -115,7 +117,7 @@ class Coherence:
             )
             if shared_cache:
                 self._shared = SharedPromptCache(
-                    cache.registry, self.fanout, self.server_scope, cache_ttl
+                    cache.registry, self.fanout, self._shared_scope, cache_ttl
                 )
                 cache.registry = self._shared
         elif shared_cache:
@@ -170,6 +172,11 @@ class Coherence:
         """The scope name other workers know the server's own prompts by."""
         return SERVER_SCOPE if self.project_id is None else _PROJECT + self.project_id
 
+    def _shared_scope(self) -> str | None:
+        # Until the project is known, a webhook bumps `project:<id>` while this worker would
+        # key shared entries under `server`, and could read an old copy: no sharing until then.
+        return None if self.project_id is None else self.server_scope()
+
     def wrap(self, app: ASGIApp, *, webhook_path: str = "/webhooks/langfuse") -> CoherentApp:
         """`app` with the webhook route in front and `run()` going for its lifespan."""
         return CoherentApp(app, self, webhook_path=webhook_path)
@@ -208,9 +215,11 @@ class Coherence:
         Redis is down).
         """
         scope = ALL_SCOPES if project_id is None else _PROJECT + project_id
-        self._apply(scope, name, origin)
+        # Published first: the new epoch must be known here before a refetch can start, or
+        # it could read the replaced prompt back from the shared cache.
         if self.fanout is not None:
             await self.fanout.publish(scope, name, origin)
+        self._apply(scope, name, origin)
 
     # -- sources -----------------------------------------------------------------------------
 
@@ -226,10 +235,9 @@ class Coherence:
     async def _polled(self, names: list[str]) -> None:
         scope = self.server_scope()
         for name in names:
-            self._apply(scope, name, "poll")
-        if self.fanout is not None:
-            for name in names:
+            if self.fanout is not None:  # first, as in `invalidate`
                 await self.fanout.publish(scope, name, "poll")
+            self._apply(scope, name, "poll")
 
     def _apply_remote(self, scope: str, name: str | None) -> None:
         self._apply(scope, name, "pubsub")

@@ -349,11 +349,16 @@ class SharedPromptCache:
     and label "3" never collide, and hold the epochs of the scope and of `*`: an invalidation
     moves every worker to new keys at once. Not-found answers are not shared. When Redis is
     down or slow the wrapped registry answers alone. The `CachedRegistry` in front still makes
-    one call per key per worker (single-flight).
+    one call per key per worker (single-flight). `scope()` names the scope to share under;
+    None: do not share (yet).
     """
 
     def __init__(
-        self, registry: PromptRegistry, fanout: RedisFanout, scope: Callable[[], str], ttl: float
+        self,
+        registry: PromptRegistry,
+        fanout: RedisFanout,
+        scope: Callable[[], str | None],
+        ttl: float,
     ) -> None:
         self.registry = registry
         self._fanout = fanout
@@ -367,7 +372,10 @@ class SharedPromptCache:
     async def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None
     ) -> Prompt:
-        key = self._key(name, version, label)
+        scope = self._scope()
+        if scope is None:  # nothing to share under yet
+            return await self.registry.get_prompt(name, version=version, label=label)
+        key = self._key(scope, name, version, label)
         cached = await self._fanout.get(key)
         if cached is not None:
             try:
@@ -388,8 +396,7 @@ class SharedPromptCache:
         if close is not None:
             await close()
 
-    def _key(self, name: str, version: int | None, label: str | None) -> str:
-        scope = self._scope()
+    def _key(self, scope: str, name: str, version: int | None, label: str | None) -> str:
         epochs = (self._fanout.epoch(scope), self._fanout.epoch(ALL_SCOPES))
         selector = ("version", version) if version is not None else ("label", label or "")
         return self._fanout.key("prompt", scope, *epochs, name, *selector)
