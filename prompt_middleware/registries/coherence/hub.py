@@ -336,7 +336,9 @@ class Coherence:
     async def _poll_leader(self) -> bool:
         assert self.fanout is not None
         assert self.poller is not None
-        lead = await self.fanout.take_lead(self.fanout.key("poller"), 3 * self.poller.interval)
+        # Held for a few turns, so a slow turn does not hand the poll to another worker.
+        hold = max(3 * self.poller.interval, 5.0)
+        lead = await self.fanout.take_lead(self.fanout.key("poller"), hold)
         return lead is not False  # Redis down: every worker polls for itself
 
     async def _load_mark(self) -> str | None:
