@@ -14,6 +14,10 @@ Raw ASGI, so it sees `raw_path` (a folder name's `%2F` must not be split). Serve
     fake.fail_next(1, 200, body=b"not json")           # any status, raw or JSON body
     fake.delay = 5.0     # answer after 5 s (cut short by release(), reset(), leaving the server)
 
+Also served: `GET /api/public/v2/prompts` (the prompt list, filtered by `fromUpdatedAt`, paged by
+`page`/`limit`, with `meta`) and `GET /api/public/projects` (the keys' project, id
+`project-<public key>`). A version's `updatedAt` is when it was added or its labels last moved.
+
 Behaviour follows Langfuse: HTTP Basic `public_key:secret_key` selects the project (401
 otherwise); `?version=N`, `?label=L`, or neither for the `production` label; both -> 400;
 `latest` always names the newest version; a label set on a new version moves off older ones.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import threading
 import urllib.parse
@@ -42,6 +47,8 @@ from .servers import running_server
 __all__ = ["PROMPTS_PATH", "FakeLangfuse", "SeenRequest", "running_fake"]
 
 PROMPTS_PATH = "/api/public/v2/prompts/"
+LIST_PATH = "/api/public/v2/prompts"
+PROJECTS_PATH = "/api/public/projects"
 _TIMESTAMP = "2025-01-01T00:00:00.000Z"
 
 
@@ -101,14 +108,17 @@ class FakeLangfuse:
         config: Any = None,
         tags: Iterable[str] = (),
         commit_message: str | None = None,
+        updated_at: str | None = None,
     ) -> dict[str, Any]:
         """Add the next version of `name`; returns the body Langfuse would serve for it."""
         versions = self.project(public_key, secret_key).setdefault(name, [])
         labels = [label for label in labels if label != "latest"]
+        updated = updated_at or _now()
         for older in versions:
-            older["labels"] = [
-                label for label in older["labels"] if label not in labels and label != "latest"
-            ]
+            kept = [label for label in older["labels"] if label not in labels and label != "latest"]
+            if kept != older["labels"]:
+                older["updatedAt"] = updated
+            older["labels"] = kept
         if not isinstance(prompt, str):
             prompt = [
                 dict(m) if m.get("type") == "placeholder" else {"type": "chatmessage", **m}
@@ -117,7 +127,7 @@ class FakeLangfuse:
         body = {
             "id": f"prompt-{len(versions) + 1}-{name}",
             "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
+            "updatedAt": updated,
             "projectId": f"project-{public_key}",
             "createdBy": "API",
             "name": name,
@@ -211,6 +221,17 @@ class FakeLangfuse:
         self, method: str, raw_path: str, scope: Scope, credentials: tuple[str, str] | None
     ) -> tuple[int, dict[str, str], bytes]:
         json_headers = {"content-type": "application/json"}
+        if raw_path in (LIST_PATH, PROJECTS_PATH):
+            project = self.projects.get(credentials) if credentials else None
+            if project is None or credentials is None:
+                message = "Invalid credentials. Confirm that you've configured the correct host."
+                return 401, json_headers, _json(_error("UnauthorizedError", message))
+            if raw_path == PROJECTS_PATH:
+                body = {
+                    "data": [{"id": f"project-{credentials[0]}", "name": "fake", "metadata": {}}]
+                }
+                return 200, json_headers, _json(body)
+            return _list(project, scope["query_string"].decode("ascii"))
         name = urllib.parse.unquote(raw_path[len(PROMPTS_PATH) :])
         if (
             not raw_path.startswith(PROMPTS_PATH)
@@ -260,6 +281,50 @@ def running_fake(fake: FakeLangfuse) -> Iterator[str]:
             yield url
         finally:
             fake.release()
+
+
+def _list(
+    project: dict[str, list[dict[str, Any]]], query_string: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Langfuse's prompt list: one item per name, newest change first, paged."""
+    json_headers = {"content-type": "application/json"}
+    query = dict(urllib.parse.parse_qsl(query_string))
+    try:
+        page, limit = int(query.get("page", "1")), int(query.get("limit", "10"))
+        since = _parse_time(query["fromUpdatedAt"]) if "fromUpdatedAt" in query else None
+    except ValueError:
+        return 400, json_headers, _json(_error("InvalidRequestError", "Invalid query"))
+    items = []
+    for name, versions in project.items():
+        changed = [v for v in versions if since is None or _parse_time(v["updatedAt"]) >= since]
+        if not changed:
+            continue
+        last = max(versions, key=lambda v: _parse_time(v["updatedAt"]))
+        items.append(
+            {
+                "name": name,
+                "type": versions[-1]["type"],
+                "versions": [v["version"] for v in versions],
+                "labels": sorted({label for v in versions for label in v["labels"]}),
+                "tags": versions[-1]["tags"],
+                "lastUpdatedAt": last["updatedAt"],
+                "lastConfig": versions[-1]["config"],
+            }
+        )
+    items.sort(key=lambda item: item["lastUpdatedAt"], reverse=True)
+    pages = max(1, -(-len(items) // limit)) if limit > 0 else 1
+    chosen = items[(page - 1) * limit : page * limit] if limit > 0 else items
+    meta = {"page": page, "limit": limit, "totalItems": len(items), "totalPages": pages}
+    return 200, json_headers, _json({"data": chosen, "meta": meta})
+
+
+def _now() -> str:
+    text = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:

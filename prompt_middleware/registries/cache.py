@@ -6,6 +6,10 @@
   (stale-while-revalidate); while the registry fails it keeps being served, for up to `max_stale`
   seconds past its expiry (stale-if-error).
 - Not-found answers are remembered for `negative_ttl`.
+- `invalidate()` drops entries, counted by origin (`INVALIDATION_ORIGINS`); a registry call in
+  flight for a dropped entry still answers its waiters but its result is not stored. Listeners
+  added with `add_invalidation_listener` hear of every invalidation (the coherence package uses
+  this to pass operators' invalidations on to other workers).
 
 Registry calls never run in a request's task: each runs in a background task that requests wait
 on, so a cancelled request only stops waiting. The task goes into the task group given to
@@ -20,11 +24,11 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -34,7 +38,14 @@ from ..core.errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, 
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .base import PromptRegistry, ensure_prompt
 
-__all__ = ["DEFAULT_MAX_STALE", "CacheStats", "CachedRegistry"]
+__all__ = [
+    "DEFAULT_MAX_STALE",
+    "INVALIDATION_ORIGINS",
+    "CacheStats",
+    "CachedRegistry",
+    "InvalidationListener",
+    "InvalidationOrigin",
+]
 
 logger = logging.getLogger("prompt_middleware.cache")
 
@@ -42,8 +53,20 @@ DEFAULT_MAX_STALE = 24 * 3600.0
 """Seconds past `ttl` a stale entry may still be served, while refreshed or failing: 24 h."""
 
 _Key = tuple[str, str, int | None, str | None]  # tenant, name, version, effective label
+InvalidationOrigin = Literal["webhook", "pubsub", "poll", "watch", "api"]
+INVALIDATION_ORIGINS: tuple[InvalidationOrigin, ...] = ("webhook", "pubsub", "poll", "watch", "api")
+"""Where an invalidation came from: a Langfuse webhook, another worker (through Redis), the
+poller, a file watcher, or a direct call."""
+InvalidationListener = Callable[
+    [str | None, "str | Collection[str] | None", InvalidationOrigin], None
+]
+"""Called as `listener(name, tenant, origin)` after each `invalidate()`; must not block."""
 _Job = Callable[[], Coroutine[Any, Any, None]]
 _TASK_NAME = "prompt_middleware.cache fetch"
+
+
+def _zero_origins() -> dict[str, int]:
+    return dict.fromkeys(INVALIDATION_ORIGINS, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +85,9 @@ class CacheStats:
         not_found: registry calls that answered `PromptNotFound`.
         evictions: entries dropped to stay within `max_size`, least recently used first.
         entries: entries held now, prompts and remembered not-founds alike.
+        invalidations: `invalidate()` calls per origin (every origin listed, 0 if none).
+        invalidated: entries dropped by `invalidate()`, plus registry calls in flight whose
+            result it kept from being stored.
     """
 
     hits: int
@@ -73,6 +99,8 @@ class CacheStats:
     not_found: int
     evictions: int
     entries: int
+    invalidations: Mapping[str, int] = field(default_factory=_zero_origins)
+    invalidated: int = 0
 
 
 class _Entry:
@@ -162,6 +190,11 @@ class CachedRegistry:
         self._tasks: set[asyncio.Task[None]] = set()
         self._hits = self._misses = self._stale_served = self._refreshes = 0
         self._fetches = self._fetch_errors = self._not_found = 0
+        self._invalidations = _zero_origins()
+        self._invalidated = 0
+        self._listeners: list[InvalidationListener] = []
+        # Per-request registries seen, by tenant, so invalidations can be mapped to tenants.
+        self._sources: LRUCache[str, PromptRegistry] = LRUCache(max_size)
 
     async def get_prompt(
         self, name: str, *, version: int | None = None, label: str | None = None
@@ -215,20 +248,56 @@ class CachedRegistry:
         if close is not None:
             await close()
 
-    def invalidate(self, name: str | None = None, *, tenant: str | None = None) -> None:
-        """Drop the entries of prompt `name` (exact), or all of them; only `tenant`'s if given.
+    def invalidate(
+        self,
+        name: str | None = None,
+        *,
+        tenant: str | Collection[str] | None = None,
+        origin: InvalidationOrigin = "api",
+    ) -> int:
+        """Drop the entries of prompt `name` (exact), or all of them; only `tenant`'s if given
+        (one tenant, or a collection of them).
 
         Registry calls in progress for those entries still answer their waiters, but their
-        results are not stored.
+        results are not stored. `origin` says where the invalidation came from (counted in
+        `stats.invalidations`). Returns how many entries and calls in flight it dropped.
         """
+        if origin not in self._invalidations:
+            raise ValueError(f"origin must be one of {', '.join(INVALIDATION_ORIGINS)}")
+
+        tenants = None if tenant is None else {tenant} if isinstance(tenant, str) else set(tenant)
 
         def matches(key: _Key) -> bool:
-            return (tenant is None or key[0] == tenant) and (name is None or key[1] == name)
+            return (tenants is None or key[0] in tenants) and (name is None or key[1] == name)
 
+        dropped = 0
         for key in [k for k in self._entries if matches(k)]:
             del self._entries[key]
+            dropped += 1
         for key in [k for k in self._inflight if matches(k)]:
             self._inflight.pop(key).discarded = True
+            dropped += 1
+        self._invalidations[origin] += 1
+        self._invalidated += dropped
+        for listener in tuple(self._listeners):
+            try:
+                listener(name, tenant, origin)
+            except Exception:
+                logger.exception("An invalidation listener failed")
+        return dropped
+
+    def add_invalidation_listener(self, listener: InvalidationListener) -> None:
+        """Call `listener(name, tenant, origin)` after every `invalidate()` from now on."""
+        self._listeners.append(listener)
+
+    def remove_invalidation_listener(self, listener: InvalidationListener) -> None:
+        """Stop calling `listener`; unknown listeners are ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def tenants(self) -> dict[str, PromptRegistry]:
+        """The tenants seen recently with their own registry (`for_tenant(tenant, registry)`)."""
+        return dict(self._sources)
 
     @property
     def stats(self) -> CacheStats:
@@ -242,9 +311,13 @@ class CachedRegistry:
             not_found=self._not_found,
             evictions=self._entries.evictions,
             entries=len(self._entries),
+            invalidations=dict(self._invalidations),
+            invalidated=self._invalidated,
         )
 
     def _start_fetch(self, key: _Key, registry: PromptRegistry) -> _Flight:
+        if registry is not self.registry:
+            self._sources[key[0]] = registry
         flight = _Flight(key)
         # Registered before spawning: an eager task factory may finish the job right away.
         self._inflight[key] = flight
