@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -211,7 +211,7 @@ class PromptMiddleware:
             self._cache.set_task_group(task_group)
             watch = getattr(self._cache.registry, "watch", None)
             if watch is not None:  # e.g. FileRegistry(watch=True): drop what changes, at once
-                task_group.start_soon(watch, self._cache.invalidate)
+                task_group.start_soon(watch, partial(self._cache.invalidate, origin="watch"))
             try:
                 await self.app(scope, receive, self._closing_send(send))
             except Exception as exc:

@@ -36,6 +36,7 @@ from ..core.references import ModelPrompt
 from ..middleware import PromptMiddleware
 from ..registries.base import PromptRegistry
 from ..registries.cache import CachedRegistry
+from ..registries.coherence import Coherence
 from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
 from .echo import EchoUpstream
 from .upstream import UpstreamProxy
@@ -154,8 +155,14 @@ class GatewayApp:
         keys: ClientKeys | None = None,
         readiness: Readiness | None = None,
         list_models: bool = False,
+        coherence: Coherence | None = None,
+        webhook_path: str | None = None,
     ) -> None:
         self.middleware = middleware
+        self.coherence = coherence
+        # Signed instead of keyed: Langfuse sends no client key (DESIGN §10).
+        self._webhook = coherence.webhook_app if coherence is not None else None
+        self._webhook_path = webhook_path
         self.router = router
         self.keys = keys
         self.readiness = readiness
@@ -181,6 +188,9 @@ class GatewayApp:
             method = scope["method"]
             if method == "GET" and path in (HEALTH_PATH, READY_PATH):
                 await self._health(path, send)
+                return
+            if self._webhook is not None and path == self._webhook_path:
+                await self._webhook(scope, receive, send)
                 return
             if self.keys is not None:
                 if not self.keys.allows(scope):
@@ -283,8 +293,11 @@ class GatewayApp:
         async with anyio.create_task_group() as task_group:
 
             async def started(message: Message) -> None:
-                if message["type"] == "lifespan.startup.complete" and self.readiness is not None:
-                    task_group.start_soon(self.readiness.run)
+                if message["type"] == "lifespan.startup.complete":
+                    if self.readiness is not None:
+                        task_group.start_soon(self.readiness.run)
+                    if self.coherence is not None:
+                        task_group.start_soon(self.coherence.run)
                 await send(message)
 
             try:
@@ -406,6 +419,7 @@ def build_app(config: GatewayConfig) -> GatewayApp:
         model_prompts=model_prompts,
     )
     keys = ClientKeys(config.auth.keys) if config.auth.keys else None
+    webhook = config.webhooks.langfuse if config.webhooks is not None else None
     return GatewayApp(
         middleware,
         router,
@@ -413,7 +427,40 @@ def build_app(config: GatewayConfig) -> GatewayApp:
         keys=keys,
         readiness=Readiness(middleware.registry, config.registry.preload),
         list_models=bool(config.models),
+        coherence=_coherence(config, middleware),
+        webhook_path=webhook.path if webhook is not None else None,
     )
+
+
+def _coherence(config: GatewayConfig, middleware: PromptMiddleware) -> Coherence | None:
+    """Webhooks, Redis and polling (DESIGN §10), when the config asks for any of them."""
+    webhook = config.webhooks.langfuse if config.webhooks is not None else None
+    cache = config.cache
+    if webhook is None and cache.redis_url is None and cache.poll_interval is None:
+        return None
+    if not isinstance(middleware.registry, CachedRegistry):
+        raise ConfigError(
+            f"{config.source}: webhooks, redis_url and poll_interval need cache.ttl > 0"
+        )
+    if cache.redis_url is not None:
+        try:
+            import coredis  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"{config.source}: cache.redis_url needs the redis extra: "
+                "pip install 'prompt-middleware[redis]'"
+            ) from None
+    try:
+        return Coherence(
+            middleware.registry,
+            webhook_secrets=webhook.secrets if webhook is not None else (),
+            tolerance=webhook.tolerance if webhook is not None else 300.0,
+            redis_url=cache.redis_url,
+            cache_ttl=cache.ttl,
+            poll_interval=cache.poll_interval,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
 
 
 def _registry(config: GatewayConfig) -> PromptRegistry:

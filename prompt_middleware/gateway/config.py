@@ -56,9 +56,6 @@ LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 
 NOT_YET_ACTIVE: Final = (
     "registry.fallback_files",
-    "cache.redis_url",
-    "cache.poll_interval",
-    "webhooks",
     "metrics",
     "tracing",
     "experiments",
