@@ -236,7 +236,7 @@ class PromptMiddleware:
 
 
 def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
-    extra = _prompt_headers(prompt.name, prompt.version)
+    extra = _prompt_headers(prompt.name, prompt.version, prompt.source)
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -247,11 +247,16 @@ def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
 
 
 @lru_cache(maxsize=1024)
-def _prompt_headers(name: str, version: int) -> tuple[tuple[bytes, bytes], ...]:
-    return (
+def _prompt_headers(
+    name: str, version: int, source: str | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
+    headers: tuple[tuple[bytes, bytes], ...] = (
         (b"x-prompt-name", _name_header(name)),
         (b"x-prompt-version", str(version).encode("ascii")),
     )
+    if source is not None:  # e.g. "fallback": served by a FallbackRegistry's second source
+        headers += ((b"x-prompt-source", source.encode("ascii", "replace")),)
+    return headers
 
 
 def _name_header(name: str) -> bytes:
