@@ -1,4 +1,5 @@
-"""A fake Langfuse public API (`GET /api/public/v2/prompts/{name}`) for tests.
+"""A fake Langfuse public API (`GET /api/public/v2/prompts/{name}`, and the paginated list
+`GET /api/public/v2/prompts`) for tests.
 
 Raw ASGI, so it sees `raw_path` (a folder name's `%2F` must not be split). Serve it with
 `tests.servers.running_server` or `running_fake()`:
@@ -42,6 +43,7 @@ from .servers import running_server
 __all__ = ["PROMPTS_PATH", "FakeLangfuse", "SeenRequest", "running_fake"]
 
 PROMPTS_PATH = "/api/public/v2/prompts/"
+LIST_PATH = "/api/public/v2/prompts"
 _TIMESTAMP = "2025-01-01T00:00:00.000Z"
 
 
@@ -211,6 +213,8 @@ class FakeLangfuse:
         self, method: str, raw_path: str, scope: Scope, credentials: tuple[str, str] | None
     ) -> tuple[int, dict[str, str], bytes]:
         json_headers = {"content-type": "application/json"}
+        if raw_path == LIST_PATH and method == "GET":
+            return self._list(scope, credentials)
         name = urllib.parse.unquote(raw_path[len(PROMPTS_PATH) :])
         if (
             not raw_path.startswith(PROMPTS_PATH)
@@ -244,6 +248,49 @@ class FakeLangfuse:
         if not found:
             return 404, json_headers, _json(_error("LangfuseNotFoundError", missing))
         return 200, json_headers, _json(found[-1])
+
+    def _list(
+        self, scope: Scope, credentials: tuple[str, str] | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """`GET /api/public/v2/prompts`: names with versions and labels, paginated as Langfuse."""
+        json_headers = {"content-type": "application/json"}
+        project = self.projects.get(credentials) if credentials else None
+        if project is None:
+            message = "Invalid credentials. Confirm that you've configured the correct host."
+            return 401, json_headers, _json(_error("UnauthorizedError", message))
+        query = dict(urllib.parse.parse_qsl(scope["query_string"].decode("ascii")))
+        page, limit = int(query.get("page", "1")), int(query.get("limit", "50"))
+        entries = []
+        for name in sorted(project):
+            if "name" in query and name != query["name"]:
+                continue
+            versions = [
+                p
+                for p in project[name]
+                if ("label" not in query or query["label"] in p["labels"])
+                and ("tag" not in query or query["tag"] in p["tags"])
+            ]
+            if not versions:
+                continue
+            entries.append(
+                {
+                    "name": name,
+                    "type": versions[-1]["type"],
+                    "versions": [p["version"] for p in versions],
+                    "labels": sorted({label for p in versions for label in p["labels"]}),
+                    "tags": sorted({tag for p in versions for tag in p["tags"]}),
+                    "lastUpdatedAt": _TIMESTAMP,
+                    "lastConfig": versions[-1]["config"],
+                }
+            )
+        start = (page - 1) * limit
+        meta = {
+            "page": page,
+            "limit": limit,
+            "totalItems": len(entries),
+            "totalPages": -(-len(entries) // limit),
+        }
+        return 200, json_headers, _json({"data": entries[start : start + limit], "meta": meta})
 
     async def _wait(self) -> None:
         # Polls a counter: the test's event loop (maybe trio) is not this server's.

@@ -1,4 +1,4 @@
-"""`.prompt` files served by FileRegistry through the middleware: roles, history, config, variants."""
+"""`.prompt` files served by FileRegistry through the middleware: roles, history, variants."""
 
 from __future__ import annotations
 
