@@ -53,25 +53,27 @@ async def pull_prompts(
     names: Sequence[str] = (),
     label: str | None = None,
     progress: Progress | None = None,
+    page_size: int = 100,
 ) -> PullResult:
     """Export prompts from `registry` into `directory` (created if needed).
 
     `names`: only these prompts (default: all). `label`: only the versions carrying it.
-    `progress(done, total, name)` is called after each prompt.
+    `progress(done, total, name)` is called after each prompt. `page_size`: prompts per list
+    request.
     """
     root = await anyio.to_thread.run_sync(_make_root, Path(directory))
     result = PullResult()
     entries: list[dict[str, Any]] = []
     if names:
         for wanted in names:
-            listed = registry.list_prompts(name=wanted, label=label)
+            listed = registry.list_prompts(name=wanted, label=label, page_size=page_size)
             found = [e async for e in listed if e.get("name") == wanted]
             if found:
                 entries.extend(found)
             else:
                 result.missing.append(wanted)
     else:
-        entries = [e async for e in registry.list_prompts(label=label)]
+        entries = [e async for e in registry.list_prompts(label=label, page_size=page_size)]
 
     for done, entry in enumerate(entries, start=1):
         name = entry.get("name")
