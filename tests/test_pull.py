@@ -59,6 +59,14 @@ def fill(fake: FakeLangfuse) -> dict[str, int]:
     return counts
 
 
+def stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*.json")}
+
+
+def listing(root: Path, pattern: str = "*") -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob(pattern))
+
+
 def langfuse(url: str) -> LangfuseRegistry:
     return LangfuseRegistry(PK, SK, base_url=url, max_retries=0)
 
@@ -114,16 +122,16 @@ async def test_a_second_pull_rewrites_nothing(
     fill(clean_fake)
     async with langfuse(served[1]) as source:
         await pull_prompts(source, tmp_path)
-        stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")}
+        before = stamps(tmp_path)
         os.utime(tmp_path / "greeting.json", ns=(1, 1))
-        stamps[tmp_path / "greeting.json"] = 1
+        before[tmp_path / "greeting.json"] = 1
         again = await pull_prompts(source, tmp_path)
         assert again.written == []
-        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")} == stamps
+        assert stamps(tmp_path) == before
         clean_fake.add_prompt(PK, SK, "greeting", "a new version")
         third = await pull_prompts(source, tmp_path)
     assert third.written == ["greeting"]
-    assert [p.name for p in tmp_path.rglob(".pull-*")] == []
+    assert listing(tmp_path, ".pull-*") == []
 
 
 async def test_named_prompts_and_a_label(
@@ -144,7 +152,7 @@ async def test_named_prompts_and_a_label(
         assert pulled.compile({"tone": "x"}) == served_prompt.compile({"tone": "x"})
         with pytest.raises(PromptNotFound):
             await files.get_prompt("support/triage", version=1)
-    assert sorted(p.name for p in tmp_path.rglob("*.json")) == ["triage.json"]
+    assert listing(tmp_path, "*.json") == ["support/triage.json"]
 
 
 @pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/../../b", "a//b", "back\\slash"])
@@ -157,10 +165,7 @@ async def test_names_that_would_leave_the_folder_are_refused(
     async with langfuse(served[1]) as source:
         result = await pull_prompts(source, root)
     assert (result.refused, result.written) == ([name], ["fine"])
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
-        "out",
-        "out/fine.json",
-    ]
+    assert listing(tmp_path) == ["out", "out/fine.json"]
 
 
 async def test_a_symlinked_folder_out_of_the_directory_is_refused(
