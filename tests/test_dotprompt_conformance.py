@@ -1,10 +1,11 @@
 """The dotprompt conformance suite's rendering cases, served by FileRegistry through the middleware.
 
 Each case's template becomes a `.prompt` file, its `input` the request's `prompt_variables`, its
-`messages` (the conversation) the client's `messages`; the forwarded messages must be the case's
-expected messages in OpenAI's shape (`model` -> `assistant`, text parts joined, media as
-`image_url` parts). Cases that need what a request cannot carry (partials, resolvers, `@state`
-context, call-time options) are left to dotpromptz's own suite.
+`messages` (the conversation) the client's `messages`, its partials `_name.prompt` files; the
+forwarded messages must be the case's expected messages in OpenAI's shape (`model` ->
+`assistant`, text parts joined, media as `image_url` parts). Cases that need what a request
+cannot carry (named schemas, tools, `@state` context, call-time options) are left to dotpromptz's
+own suite.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prompt_middleware.testing import CaptureApp, asgi_client
 pytestmark = pytest.mark.anyio
 
 SPEC = Path(__file__).parent / "dotprompt_spec"
-_NEEDS_MORE = ("partials", "resolverPartials", "schemas", "tools")
+_NEEDS_MORE = ("schemas", "tools")
 
 
 def _cases() -> list[Any]:
@@ -36,7 +37,8 @@ def _cases() -> list[Any]:
                 if expected is None or test.get("options") or data.get("context"):
                     continue
                 case_id = f"{file.stem}:{suite['name']}:{test['desc']}"
-                cases.append(pytest.param(suite["template"], data, expected, id=case_id))
+                partials = {**suite.get("partials", {}), **suite.get("resolverPartials", {})}
+                cases.append(pytest.param(suite["template"], partials, data, expected, id=case_id))
     return cases
 
 
@@ -60,11 +62,17 @@ def openai_message(message: dict[str, Any]) -> dict[str, Any]:
     return {"role": role, "content": parts}
 
 
-@pytest.mark.parametrize(("template", "data", "expected"), CASES)
+@pytest.mark.parametrize(("template", "partials", "data", "expected"), CASES)
 async def test_conformance_case(
-    tmp_path: Path, template: str, data: dict[str, Any], expected: list[dict[str, Any]]
+    tmp_path: Path,
+    template: str,
+    partials: dict[str, str],
+    data: dict[str, Any],
+    expected: list[dict[str, Any]],
 ) -> None:
     (tmp_path / "case.prompt").write_text(template, encoding="utf-8")
+    for name, source in partials.items():
+        (tmp_path / f"_{name}.prompt").write_text(source, encoding="utf-8")
     app = CaptureApp()
     middleware = PromptMiddleware(app, FileRegistry(tmp_path))
     history = [openai_message(m) for m in data.get("messages") or []]

@@ -237,3 +237,28 @@ async def test_without_the_extra_the_error_names_it(
     status, response, _ = await forward(root, body)
     assert status == 502
     assert "prompt-middleware[dotprompt]" in response.json()["error"]["message"]
+
+
+async def test_partials_come_from_underscore_files(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "_tone.prompt").write_text("Be {{mood}}.", encoding="utf-8")
+    (tmp_path / "_sign.prompt").write_text("{{> shared/tone}} Bye", encoding="utf-8")
+    (tmp_path / "p.prompt").write_text('{{role "system"}}{{> sign}}', encoding="utf-8")
+    prompt = await FileRegistry(tmp_path).get_prompt("p")
+    assert prompt.compile({"mood": "kind"}) == [{"role": "system", "content": "Be kind. Bye"}]
+
+
+async def test_a_missing_partial_is_named(tmp_path: Path) -> None:
+    (tmp_path / "p.prompt").write_text("{{> nowhere}}", encoding="utf-8")
+    with pytest.raises(InvalidPrompt, match="nowhere"):
+        await FileRegistry(tmp_path).get_prompt("p")
+
+
+@pytest.mark.parametrize("reference", ["../_out", "/etc/_passwd", "a/../../_out"])
+async def test_a_partial_outside_the_directory_is_not_read(tmp_path: Path, reference: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "_out.prompt").write_text("secret", encoding="utf-8")
+    (root / "p.prompt").write_text("{{> " + reference + "}}", encoding="utf-8")
+    with pytest.raises(InvalidPrompt, match="no partial"):
+        await FileRegistry(root).get_prompt("p")

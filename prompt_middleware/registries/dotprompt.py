@@ -15,7 +15,9 @@ in Genkit and every other dotprompt implementation:
   the last user message, else at the end: dotprompt's own rule. The middleware sees that spot
   as the prompt's one placeholder, `history`.
 
-`name.variant.prompt` beside `name.prompt` is served for the label `variant`. Version numbers
+`{{> name}}` includes the partial `_name.prompt` (`folder/_name.prompt` for `folder/name`), as
+dotprompt's directory stores lay them out. `name.variant.prompt` beside `name.prompt` is served
+for the label `variant`. Version numbers
 are positions: the variants in name order, then the base file, which carries `production` (so
 `latest` is the base file too).
 
@@ -59,6 +61,8 @@ _GENKIT_CONFIG = {
     "presencePenalty": "presence_penalty",
 }
 _VARIANT = re.compile(r"[^.]+")
+# `{{> name}}`, `{{~> name}}`, `{{#> name}}…{{/name}}` (a block: its body is the fallback).
+_PARTIAL = re.compile(r"\{\{~?\s*(#?)\s*>\s*([A-Za-z0-9_./-]+)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,20 +156,41 @@ def load_dotprompt_family(name: str, path: Path, directory: Path) -> PromptVersi
         except (OSError, RuntimeError):
             continue
     variants.sort()
+
+    def partial(partial_name: str) -> str | None:
+        file = _partial_path(directory, partial_name)
+        return None if file is None else _read(name, file)
+
     versions = PromptVersions()
     for number, (variant, file) in enumerate(variants, start=1):
-        versions.add(load_dotprompt(name, _read(name, file), version=number, labels=(variant,)))
+        source = _read(name, file)
+        versions.add(
+            load_dotprompt(name, source, version=number, labels=(variant,), partials=partial)
+        )
     base = load_dotprompt(
-        name, _read(name, path), version=len(variants) + 1, labels=(DEFAULT_LABEL,)
+        name,
+        _read(name, path),
+        version=len(variants) + 1,
+        labels=(DEFAULT_LABEL,),
+        partials=partial,
     )
     versions.add(base)
     return versions
 
 
 def load_dotprompt(
-    name: str, source: str, *, version: int = 1, labels: tuple[str, ...] = (DEFAULT_LABEL,)
+    name: str,
+    source: str,
+    *,
+    version: int = 1,
+    labels: tuple[str, ...] = (DEFAULT_LABEL,),
+    partials: Callable[[str], str | None] | None = None,
 ) -> Prompt:
-    """The `Prompt` for a `.prompt` file's text: parsed and compiled (allow a few ms)."""
+    """The `Prompt` for a `.prompt` file's text: parsed and compiled (allow a few ms).
+
+    `partials(name)` gives a partial's source, or None if there is none (`FileRegistry` reads
+    `_name.prompt` files, `folder/_name.prompt` for `folder/name`, as dotprompt's stores do).
+    """
     try:
         from dotpromptz import DotpromptError, parse_document
         from dotpromptz._helpers import BUILTIN_HELPERS
@@ -178,6 +203,8 @@ def load_dotprompt(
         for helper, function in BUILTIN_HELPERS.items():
             handlebars.register_helper(helper, function)
         render = handlebars.compile(parsed.template)
+        for partial_name, partial_source in _partials(name, parsed.template, partials).items():
+            handlebars.register_partial(partial_name, partial_source)
     except (DotpromptError, ValueError, TypeError, RecursionError) as exc:
         raise InvalidPrompt(f"prompt {name!r}: invalid .prompt file ({exc})") from None
     config = _config(parsed.config or {})
@@ -200,6 +227,42 @@ def load_dotprompt(
         labels=labels,
         engine=engine,
     )
+
+
+def _partials(
+    name: str, template: str, source: Callable[[str], str | None] | None
+) -> dict[str, str]:
+    """Every partial `template` uses, directly or through other partials, by name."""
+    found: dict[str, str] = {}
+    pending = [template]
+    while pending:
+        for match in _PARTIAL.finditer(pending.pop()):
+            block, partial_name = match.group(1), match.group(2)
+            if partial_name in found:
+                continue
+            text = source(partial_name) if source is not None else None
+            if text is None:
+                if block:  # `{{#> name}}fallback{{/name}}` renders its block without one
+                    continue
+                raise InvalidPrompt(f"prompt {name!r}: no partial {partial_name!r}")
+            found[partial_name] = text
+            pending.append(text)
+    return found
+
+
+def _partial_path(directory: Path, name: str) -> Path | None:
+    folder, _, stem = name.rpartition("/")
+    parts = name.split("/")
+    if "\\" in name or "\x00" in name or any(p in ("", ".", "..") for p in parts):
+        return None
+    path = directory / folder / f"_{stem}{DOTPROMPT_SUFFIX}"
+    try:  # resolve() follows symlinks, so a link pointing out of the directory is refused
+        resolved = path.resolve()
+        if resolved.is_relative_to(directory) and resolved.is_file():
+            return resolved
+    except (OSError, RuntimeError):
+        pass
+    return None
 
 
 def _read(name: str, path: Path) -> str:
