@@ -62,9 +62,13 @@ def per_call_us(function: object, rounds: int = 15, calls: int = 200) -> float:
     return statistics.median(samples)
 
 
+def write_prompt(folder: str) -> None:
+    Path(folder, "order.prompt").write_text(DOTPROMPT, encoding="utf-8")
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "order.prompt").write_text(DOTPROMPT, encoding="utf-8")
+        write_prompt(folder)
         dotprompt = await FileRegistry(folder).get_prompt("order")
     hop_samples = []
     for _ in range(200):
