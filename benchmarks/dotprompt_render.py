@@ -13,6 +13,7 @@ import gc
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -39,23 +40,23 @@ LANGFUSE = Prompt(
     name="order",
     version=1,
     type="chat",
-    prompt=[
+    prompt=(
         {"role": "system", "content": "You are a restaurant server confirming an order."},
         {"type": "placeholder", "name": "history"},
         {"role": "user", "content": "Please confirm the order for {{customer}}: {{dish}}."},
-    ],
+    ),
 )
 VARIABLES = {"customer": "Ada", "dish": "tartine"}
 
 
-def per_call_us(function: object, rounds: int = 15, calls: int = 200) -> float:
+def per_call_us(function: Callable[[], object], rounds: int = 15, calls: int = 200) -> float:
     samples = []
     gc.disable()
     try:
         for _ in range(rounds):
             start = time.thread_time()
             for _ in range(calls):
-                function()  # type: ignore[operator]
+                function()
             samples.append((time.thread_time() - start) / calls * 1e6)
     finally:
         gc.enable()
