@@ -70,6 +70,13 @@ RESPONSES_CONFIG_PARAMS = frozenset(
     }
 )
 
+_OWN: dict[Api, frozenset[str]] = {"chat": CHAT_CONFIG_PARAMS, "responses": RESPONSES_CONFIG_PARAMS}
+# Keys of the other API only, and every key that may need translating.
+_FOREIGN: dict[Api, frozenset[str]] = {
+    "chat": RESPONSES_CONFIG_PARAMS - CHAT_CONFIG_PARAMS,
+    "responses": CHAT_CONFIG_PARAMS - RESPONSES_CONFIG_PARAMS,
+}
+_TRIGGERS = {api: keys | {"tools", "tool_choice"} for api, keys in _FOREIGN.items()}
 _API_NAMES: dict[Api, str] = {"chat": "chat completions", "responses": "Responses requests"}
 _Config = dict[str, Any]
 _Translate = Callable[[Mapping[str, Any], _Config], None]
@@ -77,15 +84,12 @@ _Translate = Callable[[Mapping[str, Any], _Config], None]
 
 def translate_config(config: Mapping[str, Any], api: Api) -> dict[str, Any]:
     """The parameters of `api` ("chat" or "responses") that `config` sets, in that API's form."""
-    own, other = (
-        (CHAT_CONFIG_PARAMS, RESPONSES_CONFIG_PARAMS)
-        if api == "chat"
-        else (RESPONSES_CONFIG_PARAMS, CHAT_CONFIG_PARAMS)
-    )
+    own = _OWN[api]
     out = {key: value for key, value in config.items() if key in own}
-    foreign = [key for key in config if key in other and key not in own]
-    tools = config.get("tools")
-    if not foreign and not _needs_tool_rewrite(tools, config.get("tool_choice"), api):
+    if _TRIGGERS[api].isdisjoint(config):  # the usual case: nothing to translate
+        return out
+    foreign = [key for key in config if key in _FOREIGN[api]]
+    if not foreign and not _needs_tool_rewrite(config.get("tools"), config.get("tool_choice"), api):
         return out
     translated: _Config = {}
     for key in foreign:
