@@ -217,3 +217,54 @@ def test_the_command_pulls_and_reports(
     )
     assert missing.returncode == 1
     assert "no prompt 'nope'" in missing.stderr
+
+
+def test_a_progress_line_on_a_terminal(
+    tmp_path: Path, clean_fake: FakeLangfuse, served: tuple[FakeLangfuse, str]
+) -> None:
+    import pty
+
+    fill(clean_fake)
+    env = {
+        **os.environ,
+        "LANGFUSE_PUBLIC_KEY": PK,
+        "LANGFUSE_SECRET_KEY": SK,
+        "LANGFUSE_HOST": served[1],
+    }
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prompt_middleware",
+                "pull",
+                "--langfuse",
+                "--to",
+                str(tmp_path),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal is closed once everything is read
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert done.returncode == 0
+    text = output.decode()
+    assert f"pulled {len(NAMES) + 1}/{len(NAMES) + 1}" in text
+    assert "\r" in text
