@@ -197,11 +197,11 @@ async def test_a_dotprompt_equals_itself_reloaded_and_renders_on_its_own(root: P
         {"role": "user", "content": "Say hello to Ada\n"},
     ]
     history = [{"role": "user", "content": "earlier"}]
-    filled = first.render({"name": "Ada"}, {"history": history})
+    filled = first.compile_result({"name": "Ada"}, {"history": history})
     assert filled.messages[1] == history[0]
     assert filled.placeholders == ()
     with pytest.raises(InvalidPromptVariables):
-        first.render({}, {"history": "not a list"})
+        first.compile_result({}, {"history": "not a list"})
 
 
 async def test_a_broken_front_matter_is_an_invalid_prompt(tmp_path: Path) -> None:

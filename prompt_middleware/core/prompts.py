@@ -102,7 +102,7 @@ class CompiledPrompt:
 
 class TemplateEngine(Protocol):
     """Renders a prompt whose template is not in Langfuse's language (a `.prompt` file's
-    Handlebars): `Prompt.render` hands it the whole job."""
+    Handlebars): `Prompt.compile_result` hands it the whole job."""
 
     def render(
         self,
