@@ -262,3 +262,18 @@ async def test_a_partial_outside_the_directory_is_not_read(tmp_path: Path, refer
     (root / "p.prompt").write_text("{{> " + reference + "}}", encoding="utf-8")
     with pytest.raises(InvalidPrompt, match="no partial"):
         await FileRegistry(root).get_prompt("p")
+
+
+async def test_responses_requests_get_the_prompt_before_their_input(root: Path) -> None:
+    body = {
+        "model": "x",
+        "prompt": {"id": "greeting", "variables": {"name": "Ada"}},
+        "input": "Hi there",
+    }
+    status, response, app = await forward(root, body, path="/v1/responses")
+    assert status == 200, response.text
+    assert app.last.json["input"] == [
+        {"role": "system", "content": "You greet people.\n"},
+        {"role": "user", "content": "Say hello to Ada\n"},
+        {"role": "user", "content": "Hi there"},
+    ]
