@@ -137,7 +137,6 @@ def breakdown(size: str) -> list[list[str]]:
 
     strip = get(r, "_without_prompt_fields")
     apply_config = get(r, "_apply_model_and_config")
-    params = get(r, "CHAT_CONFIG_PARAMS")
 
     steps = [
         ("pre-filter on this body (finds a marker)", scan(body) if markers else None),
@@ -163,9 +162,7 @@ def breakdown(size: str) -> list[list[str]]:
         ("_without_prompt_fields", (lambda: strip(data)) if strip else None),
         (
             "_apply_model_and_config",
-            (lambda: apply_config(dict(data), prompt, None, params))
-            if apply_config and params
-            else None,
+            (lambda: apply_config(dict(data), prompt, None, "chat")) if apply_config else None,
         ),
         ("dump_json", (lambda: dump(out_obj)) if dump else None),
         (

@@ -11,10 +11,12 @@ from .core.prompts import Prompt, PromptRef
 from .gateway.upstream import UpstreamProxy
 from .middleware import PromptMiddleware
 from .registries import CachedRegistry, FileRegistry, InMemoryRegistry, PromptRegistry
+from .registries.fallback import FallbackRegistry
 from .registries.langfuse import LangfuseRegistry
 
 __all__ = [
     "CachedRegistry",
+    "FallbackRegistry",
     "FileRegistry",
     "InMemoryRegistry",
     "InvalidPromptRequest",

@@ -258,7 +258,7 @@ async def _authorized(
 
 
 def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
-    extra = _prompt_headers(prompt.name, prompt.version)
+    extra = _prompt_headers(prompt.name, prompt.version, prompt.source)
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -269,11 +269,16 @@ def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
 
 
 @lru_cache(maxsize=1024)
-def _prompt_headers(name: str, version: int) -> tuple[tuple[bytes, bytes], ...]:
-    return (
+def _prompt_headers(
+    name: str, version: int, source: str | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
+    headers: tuple[tuple[bytes, bytes], ...] = (
         (b"x-prompt-name", _name_header(name)),
         (b"x-prompt-version", str(version).encode("ascii")),
     )
+    if source is not None:  # e.g. "fallback": served by a FallbackRegistry's second source
+        headers += ((b"x-prompt-source", source.encode("ascii", "replace")),)
+    return headers
 
 
 def _name_header(name: str) -> bytes:
@@ -312,11 +317,14 @@ def _too_large(limit: int) -> RequestTooLarge:
 def _tenant_pool(
     registry: PromptRegistry, allowed_hosts: Collection[str] | None
 ) -> LangfuseTenants:
+    from .registries.fallback import FallbackRegistry
     from .registries.langfuse import LangfuseRegistry
     from .registries.tenants import LangfuseTenants
 
     cache = registry if isinstance(registry, CachedRegistry) else None
     base = cache.registry if cache is not None else registry
+    if isinstance(base, FallbackRegistry):  # per-request keys are Langfuse's: the primary's
+        base = base.primary
     if not isinstance(base, LangfuseRegistry):
         raise TypeError("allow_request_credentials=True needs a LangfuseRegistry")
     return LangfuseTenants(base, cache=cache, allowed_hosts=allowed_hosts)

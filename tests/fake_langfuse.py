@@ -1,4 +1,5 @@
-"""A fake Langfuse public API (`GET /api/public/v2/prompts/{name}`) for tests.
+"""A fake Langfuse public API (`GET /api/public/v2/prompts/{name}`, and the paginated list
+`GET /api/public/v2/prompts`) for tests.
 
 Raw ASGI, so it sees `raw_path` (a folder name's `%2F` must not be split). Serve it with
 `tests.servers.running_server` or `running_fake()`:
@@ -295,7 +296,15 @@ def _list(
     except ValueError:
         return 400, json_headers, _json(_error("InvalidRequestError", "Invalid query"))
     items = []
-    for name, versions in project.items():
+    for name, every in project.items():
+        if "name" in query and name != query["name"]:
+            continue
+        versions = [
+            v
+            for v in every
+            if ("label" not in query or query["label"] in v["labels"])
+            and ("tag" not in query or query["tag"] in v["tags"])
+        ]
         changed = [v for v in versions if since is None or _parse_time(v["updatedAt"]) >= since]
         if not changed:
             continue

@@ -91,8 +91,6 @@ def test_design_example_parses(folder: Path) -> None:
     assert config.experiments["support/triage"].labels == {"production": 90, "candidate": 10}
     # Parsed and validated, reported as not active yet; secrets never in a repr.
     assert inactive_settings(config) == [
-        "registry.fallback_files",
-        "webhooks",
         "metrics",
         "tracing",
         "experiments",
@@ -357,7 +355,7 @@ def test_docs_configs_load(folder: Path) -> None:
     config = load_config(_write(folder, minimal + ahead))
     assert config.models[0].alias == "support-bot"
     assert config.server.workers == 2
-    assert inactive_settings(config) == ["webhooks", "metrics", "tracing", "experiments"]
+    assert inactive_settings(config) == ["metrics", "tracing", "experiments"]
     shipped = (ROOT / "examples" / "litellm_config.yaml").read_text()
     assert litellm in shipped
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .errors import InvalidPrompt, InvalidPromptRequest, InvalidPromptVariables
 
@@ -21,6 +21,7 @@ __all__ = [
     "Prompt",
     "PromptRef",
     "PromptType",
+    "TemplateEngine",
     "fill_template",
     "require_text",
 ]
@@ -99,12 +100,29 @@ class CompiledPrompt:
     placeholders: tuple[tuple[int, str], ...] = ()
 
 
+class TemplateEngine(Protocol):
+    """Renders a prompt whose template is not in Langfuse's language (a `.prompt` file's
+    Handlebars): `Prompt.compile_result` hands it the whole job."""
+
+    def render(
+        self,
+        prompt: Prompt,
+        variables: Mapping[str, Any],
+        placeholders: Mapping[str, Any] | None,
+        *,
+        text_role: str,
+    ) -> CompiledPrompt: ...
+
+
 @dataclass(frozen=True, slots=True, eq=True)
 class Prompt:
     """One version of a managed prompt, shaped like Langfuse's prompt object.
 
     `prompt` is the template text for a text prompt, or for a chat prompt a sequence of
     `{"role", "content"}` messages and `{"type": "placeholder", "name"}` entries.
+    `engine`, when set, renders the template instead of Langfuse's rules (`prompt` then holds its
+    source). `source` is "fallback" for a copy a `FallbackRegistry` served while its primary was
+    down; it takes no part in equality.
     """
 
     name: str
@@ -114,6 +132,8 @@ class Prompt:
     config: Mapping[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    engine: TemplateEngine | None = None
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         what = f"prompt {self.name!r}"
@@ -192,6 +212,8 @@ class Prompt:
         placeholder also fills a `{{name}}` in text.
         """
         values: Mapping[str, Any] = variables or {}
+        if self.engine is not None:
+            return self.engine.render(self, values, placeholders, text_role=text_role)
         if placeholders:
             values = {**values, **placeholders}
         missing: dict[str, None] = {}

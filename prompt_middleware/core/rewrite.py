@@ -2,7 +2,8 @@
 
 `build_chat_body` (Chat Completions) and `build_responses_body` (Responses API) compile the
 prompt, combine it with the client's own messages or input, set the model, fill parameters from
-the prompt's config, and strip the prompt fields (DESIGN §4). Pure functions: no ASGI, no I/O.
+the prompt's config (translated for the API called: `dialects`), and strip the prompt fields
+(DESIGN §4). Pure functions: no ASGI, no I/O.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._json import dump_json, finite
+from .dialects import Api, translate_config
 from .errors import InvalidPromptRequest, InvalidPromptVariables, MissingVariables
 from .prompts import Prompt
 from .references import PART_MARKER, STRIPPED_FIELDS, ModelPrompt, Part, PromptRequest
 
 __all__ = [
-    "CHAT_CONFIG_PARAMS",
-    "RESPONSES_CONFIG_PARAMS",
     "ClientMessages",
     "RewriteOptions",
     "build_chat_body",
@@ -27,55 +27,6 @@ __all__ = [
 ]
 
 MODEL_PREFIX = "langfuse/"
-
-# Chat-completion parameters a prompt's `config` may supply when the request leaves them unset.
-CHAT_CONFIG_PARAMS = frozenset(
-    {
-        "audio",
-        "frequency_penalty",
-        "logit_bias",
-        "logprobs",
-        "max_completion_tokens",
-        "max_tokens",
-        "modalities",
-        "n",
-        "parallel_tool_calls",
-        "prediction",
-        "presence_penalty",
-        "reasoning_effort",
-        "response_format",
-        "seed",
-        "service_tier",
-        "stop",
-        "temperature",
-        "tool_choice",
-        "tools",
-        "top_logprobs",
-        "top_p",
-        "verbosity",
-        "web_search_options",
-    }
-)
-
-# The same for the Responses API.
-RESPONSES_CONFIG_PARAMS = frozenset(
-    {
-        "include",
-        "max_output_tokens",
-        "max_tool_calls",
-        "parallel_tool_calls",
-        "reasoning",
-        "service_tier",
-        "store",
-        "temperature",
-        "text",
-        "tool_choice",
-        "tools",
-        "top_logprobs",
-        "top_p",
-        "truncation",
-    }
-)
 
 ClientMessages = Literal["replace", "append"]
 
@@ -95,7 +46,7 @@ def build_chat_body(
     fill_parts(messages, request.parts, chat=True)
     out = _without_prompt_fields(body)
     out["messages"] = messages
-    _apply_model_and_config(out, prompt, request.model_prompt, CHAT_CONFIG_PARAMS)
+    _apply_model_and_config(out, prompt, request.model_prompt, "chat")
     return dump_json(out)
 
 
@@ -114,7 +65,7 @@ def build_responses_body(
         raise InvalidPromptRequest("input must be a string or a list of items.", param="input")
     out = _without_prompt_fields(body)
     out["input"] = items
-    _apply_model_and_config(out, prompt, request.model_prompt, RESPONSES_CONFIG_PARAMS)
+    _apply_model_and_config(out, prompt, request.model_prompt, "responses")
     return dump_json(out)
 
 
@@ -188,10 +139,10 @@ def _chat_part(part: Part) -> dict[str, Any]:
 
 
 def _apply_model_and_config(
-    body: dict[str, Any], prompt: Prompt, bound: ModelPrompt | None, params: frozenset[str]
+    body: dict[str, Any], prompt: Prompt, bound: ModelPrompt | None, api: Api
 ) -> None:
     """Set `model` (prefix stripped, the alias's model, then the prompt's config.model) and fill
-    the parameters the request left unset from the prompt's config."""
+    the parameters the request left unset from the prompt's config, written for either API."""
     model = body.get("model")
     if isinstance(model, str) and model.startswith(MODEL_PREFIX):
         body["model"] = model[len(MODEL_PREFIX) :]
@@ -199,8 +150,8 @@ def _apply_model_and_config(
         body["model"] = bound.model
     if prompt.model:
         body["model"] = prompt.model
-    for key, value in prompt.config.items():
-        if key in params and key not in body:
+    for key, value in translate_config(prompt.config, api).items():
+        if key not in body:
             finite(value)
             body[key] = value
 

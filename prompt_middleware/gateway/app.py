@@ -37,6 +37,9 @@ from ..middleware import PromptMiddleware
 from ..registries.base import PromptRegistry
 from ..registries.cache import CachedRegistry
 from ..registries.coherence import Coherence
+from ..registries.fallback import FallbackRegistry
+from ..registries.files import FileRegistry
+from ..registries.langfuse import LangfuseRegistry
 from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
 from .echo import EchoUpstream
 from .upstream import UpstreamProxy
@@ -466,15 +469,21 @@ def _coherence(config: GatewayConfig, middleware: PromptMiddleware) -> Coherence
 def _registry(config: GatewayConfig) -> PromptRegistry:
     settings = config.registry
     try:
+        primary: PromptRegistry
         if settings.files is not None:
-            from ..registries.files import FileRegistry
-
-            return FileRegistry(settings.files, watch=settings.watch)
-        from ..registries.langfuse import LangfuseRegistry
-
-        langfuse = settings.langfuse
-        assert langfuse is not None  # load_config checked there is a registry
-        return LangfuseRegistry(langfuse.public_key, langfuse.secret_key, langfuse.host)
+            primary = FileRegistry(settings.files, watch=settings.watch)
+        else:
+            langfuse = settings.langfuse
+            assert langfuse is not None  # load_config checked there is a registry
+            primary = LangfuseRegistry(langfuse.public_key, langfuse.secret_key, langfuse.host)
+        if settings.fallback_files is None:
+            return primary
+        # Kept under the cache's fetch_timeout, so the fallback answers before the cache gives up.
+        timeout = config.cache.fetch_timeout
+        primary_timeout = 5.0 if timeout is None else min(5.0, timeout / 2)
+        return FallbackRegistry(
+            primary, FileRegistry(settings.fallback_files), primary_timeout=primary_timeout
+        )
     except ValueError as exc:
         raise ConfigError(f"{config.source}: registry: {exc}") from None
 

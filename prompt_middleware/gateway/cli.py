@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.config is None and not (args.prompts or args.langfuse):
                 parser.error("serve: --prompts DIR or --langfuse is needed without --config")
             return _serve(args)
+        if args.command == "pull":
+            return _pull(args)
         return _render(args)
     except CLIError as exc:
         _say(f"error: {exc}")
@@ -175,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fail when a variable or placeholder is left unfilled",
     )
     _add_registry_options(render)
+    _add_pull_parser(commands)
     return parser
 
 
@@ -392,3 +395,67 @@ def _reason(exc: BaseException) -> str:
 
 def _say(line: str) -> None:
     print(f"{PROG}: {line}", file=sys.stderr)
+
+
+# pull
+
+
+def _add_pull_parser(commands: Any) -> None:
+    pull = commands.add_parser(
+        "pull",
+        help="export prompts from Langfuse into a folder of prompt files",
+        description=(
+            "Write every version of every (or each named) Langfuse prompt, with labels, config,"
+            " tags and commit messages, to DIR/<name>.json, as `serve --prompts DIR` reads them."
+            " Unchanged files are left alone."
+        ),
+    )
+    pull.add_argument(
+        "--langfuse",
+        action="store_true",
+        required=True,
+        help="from Langfuse (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_HOST)",
+    )
+    pull.add_argument("--to", required=True, metavar="DIR", help="folder to write into")
+    pull.add_argument(
+        "--name", action="append", default=[], metavar="N", help="only this prompt (repeatable)"
+    )
+    pull.add_argument("--label", metavar="L", help="only the versions carrying this label")
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from ..registries.langfuse import LangfuseRegistry
+    from .pull import pull_prompts
+
+    try:
+        registry = LangfuseRegistry()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int, name: str) -> None:
+        if tty:
+            sys.stderr.write(f"\r\x1b[K{PROG}: pulled {done}/{total} {name}")
+            sys.stderr.flush()
+
+    async def run() -> Any:
+        async with registry:
+            return await pull_prompts(
+                registry, args.to, names=args.name, label=args.label, progress=progress
+            )
+
+    try:
+        result = anyio.run(run)
+    finally:
+        if tty:
+            sys.stderr.write("\r\x1b[K")
+    for name in result.refused:
+        _say(f"refused prompt {name!r}: its name would leave {args.to}")
+    for name in result.missing:
+        _say(f"no prompt {name!r} in Langfuse")
+    total = len(result.written) + len(result.unchanged)
+    _say(
+        f"pulled {total} prompts into {args.to}: "
+        f"{len(result.written)} written, {len(result.unchanged)} unchanged"
+    )
+    return 0 if result.ok else 1

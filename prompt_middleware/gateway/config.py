@@ -55,7 +55,6 @@ DEFAULT_UPSTREAM: Final = "default"
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 
 NOT_YET_ACTIVE: Final = (
-    "registry.fallback_files",
     "metrics",
     "tracing",
     "experiments",

@@ -37,6 +37,7 @@ from cachetools import LRUCache
 from ..core.errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .base import PromptRegistry, ensure_prompt
+from .fallback import FALLBACK_SOURCE
 
 __all__ = [
     "DEFAULT_MAX_STALE",
@@ -373,10 +374,33 @@ class CachedRegistry:
         flight.done.set()
 
     def _store(self, key: _Key, flight: _Flight, prompt: Prompt) -> None:
+        if prompt.source == FALLBACK_SOURCE:
+            self._store_fallback(key, flight, prompt)
+            return
         flight.settle(prompt)
         self._end_streak(key)
         if not flight.discarded:
             expires = self._clock() + self._ttl
+            self._entries[key] = _Entry(prompt, expires, expires + self._max_stale)
+
+    def _store_fallback(self, key: _Key, flight: _Flight, prompt: Prompt) -> None:
+        """A `FallbackRegistry` answered for a primary that is down: a stale copy from the
+        primary is still preferred, and the fallback's copy is fresh only for `negative_ttl`, so
+        the primary is asked again soon (in the background while the copy is served)."""
+        now = self._clock()
+        entry = None if flight.discarded else self._entries.get(key)
+        if (
+            entry is not None
+            and isinstance(entry.value, Prompt)
+            and entry.value.source != FALLBACK_SOURCE
+            and now < entry.stale_until
+        ):
+            flight.settle(entry.value)
+            entry.retry_at = now + self._negative_ttl
+            return
+        flight.settle(prompt)
+        if not flight.discarded:
+            expires = now + min(self._ttl, self._negative_ttl)
             self._entries[key] = _Entry(prompt, expires, expires + self._max_stale)
 
     def _store_not_found(self, key: _Key, flight: _Flight, exc: PromptNotFound) -> None:

@@ -20,14 +20,15 @@ import anyio
 
 from ..core.errors import InvalidPrompt
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
-from .memory import PromptVersions, lookup
+from .dotprompt import DOTPROMPT_SUFFIX, load_dotprompt_family
+from .memory import LATEST, PromptVersions, lookup
 
 __all__ = ["FileRegistry"]
 
 logger = logging.getLogger("prompt_middleware.files")
 
 # Tried in this order when several files share a name.
-EXTENSIONS = (".json", ".yaml", ".yml", ".txt", ".md")
+EXTENSIONS = (".json", ".yaml", ".yml", ".txt", ".md", DOTPROMPT_SUFFIX)
 TEXT_EXTENSIONS = (".txt", ".md")
 
 
@@ -39,9 +40,12 @@ class FileRegistry:
     - `.yaml` / `.yml`: the same, with the `yaml` extra installed.
     - `.txt` / `.md`: the whole file is a text prompt, version 1 (less the newline that ends
       its last line).
+    - `.prompt`: Google's dotprompt, with the `dotprompt` extra; `name.variant.prompt` files
+      beside it are served for the label `variant` (see `registries/dotprompt.py`).
 
     When no version in a file carries the `production` label, the highest version gets it, so a
-    file without labels is served to requests that name no version or label.
+    file without labels is served to requests that name no version or label; unless a version
+    carries `latest`, as the files `prompt-middleware pull` writes from Langfuse do.
 
     With `watch=True`, `PromptMiddleware` runs `watch()` for its lifetime, so a changed, added or
     removed file is served at once whatever the cache's TTL.
@@ -126,6 +130,8 @@ class FileRegistry:
         path = self._find(name)
         if path is None:
             return None
+        if path.suffix == DOTPROMPT_SUFFIX:  # with its variants: see registries/dotprompt.py
+            return load_dotprompt_family(name, path, self.directory)
         try:
             raw = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -179,7 +185,8 @@ def _versions(name: str, suffix: str, raw: str) -> PromptVersions:
         raise InvalidPrompt(f"prompt {name!r}: its file holds no versions")
     if len({p.version for p in prompts}) != len(prompts):
         raise InvalidPrompt(f"prompt {name!r}: its file holds the same version twice")
-    if not any(DEFAULT_LABEL in p.labels for p in prompts):
+    # A version labelled `latest` (Langfuse's own label, as `pull` exports it): labels as written.
+    if not any(DEFAULT_LABEL in p.labels or LATEST in p.labels for p in prompts):
         newest = max(prompts, key=lambda p: p.version)
         prompts[prompts.index(newest)] = _with_label(newest, DEFAULT_LABEL)
     versions = PromptVersions()

@@ -20,6 +20,7 @@ import random
 import re
 import time
 import urllib.parse
+from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Any
@@ -282,6 +283,84 @@ class LangfuseRegistry:
         )
         child._parent = self
         return child
+
+    # -- exporting (`prompt-middleware pull`) ------------------------------------------------
+
+    async def list_prompts(
+        self, *, name: str | None = None, label: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every prompt's list entry (`name`, `versions`, `labels`, ...), page after page, from
+        `GET /api/public/v2/prompts`; `name` / `label` filter as Langfuse does (with a label,
+        `versions` lists only the versions carrying it)."""
+        what = PromptRef("(list)")
+        page = 1
+        while True:
+            params = {"page": str(page), "limit": str(page_size)}
+            if name is not None:
+                params["name"] = name
+            if label is not None:
+                params["label"] = label
+            request = self._request(self._base_url + _PROMPTS_PATH.rstrip("/"), params)
+            body = self._json(await self._send(request, what), what)
+            data, meta = body.get("data"), body.get("meta")
+            if not isinstance(data, list) or not isinstance(meta, dict):
+                raise InvalidPrompt("Langfuse answered the prompt list without data and meta.")
+            for entry in data:
+                if not isinstance(entry, dict):
+                    raise InvalidPrompt("Langfuse listed a prompt that is not an object.")
+                yield entry
+            total = meta.get("totalPages")
+            if not data or not isinstance(total, int) or page >= total:
+                return
+            page += 1
+
+    async def get_prompt_data(self, name: str, version: int) -> dict[str, Any]:
+        """One version of a prompt as Langfuse serves it (the JSON object, every field)."""
+        ref = PromptRef(name, version)
+        request = self._build_request(ref)
+        data = self._json(await self._send(request, ref), ref)
+        _prompt_from_response_data(data, ref)  # refuses what get_prompt would refuse
+        return data
+
+    def _request(self, url: str, params: dict[str, str]) -> httpx.Request:
+        return httpx.Request(
+            "GET",
+            url,
+            params=params,
+            headers={
+                "accept": "application/json",
+                "authorization": self._authorization.value,
+                "user-agent": _USER_AGENT,
+            },
+            extensions={"timeout": httpx.Timeout(self._timeout).as_dict()},
+        )
+
+    def _json(self, response: httpx.Response, ref: PromptRef) -> dict[str, Any]:
+        status = response.status_code
+        if status == 404:
+            raise PromptNotFound(f"Prompt {ref} not found in Langfuse.", param="prompt_id")
+        if status in (401, 403):
+            raise RegistryAuthError(
+                f"Langfuse at {self._base_url} rejected the API keys ({_describe(response)})."
+            )
+        if not 200 <= status < 300:
+            raise RegistryUnavailable(
+                f"Langfuse at {self._base_url} answered {_describe(response)} for {ref}."
+            )
+        try:
+            data: Any = response.json()
+        except ValueError:
+            raise InvalidPrompt(f"Langfuse answered {ref} with a body that is not JSON.") from None
+        if not isinstance(data, dict):
+            raise InvalidPrompt(f"Langfuse answered {ref} with JSON that is not an object.")
+        return data
+
+
+def _prompt_from_response_data(data: dict[str, Any], ref: PromptRef) -> Prompt:
+    missing = [field for field in _REQUIRED_FIELDS if field not in data]
+    if missing:
+        raise InvalidPrompt(f"Langfuse answered prompt {ref} without {', '.join(missing)}.")
+    return Prompt.from_langfuse(data)
 
 
 def _prompt_from_response(response: httpx.Response, ref: PromptRef) -> Prompt:
