@@ -262,7 +262,7 @@ def _convert_tools(tools: Any, api: Api) -> Any:
 def _convert_tool(tool: Any, api: Api) -> Any:
     if not _is_foreign_tool(tool, api):
         return tool
-    kind = tool["type"]
+    kind = tool.get("type")
     if kind not in _NESTED_TOOL_TYPES:
         return None
     if api == "chat":

@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "pull":
             return _pull(args)
+        if args.command == "invalidate":
+            return _invalidate(args)
         return _render(args)
     except CLIError as exc:
         _say(f"error: {exc}")
@@ -178,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_registry_options(render)
     _add_pull_parser(commands)
+    _add_invalidate_parser(commands)
     return parser
 
 
@@ -459,3 +463,45 @@ def _pull(args: argparse.Namespace) -> int:
         f"{len(result.written)} written, {len(result.unchanged)} unchanged"
     )
     return 0 if result.ok else 1
+
+
+# invalidate
+
+
+def _add_invalidate_parser(commands: Any) -> None:
+    invalidate = commands.add_parser(
+        "invalidate",
+        help="drop a cached prompt (or all) in every worker and replica sharing Redis",
+        description=(
+            "Publish an invalidation through the Redis the gateways share (cache.redis_url):"
+            " every worker drops the prompt and fetches it again on its next request."
+        ),
+    )
+    invalidate.add_argument("name", nargs="?", help="prompt name; none: every prompt")
+    where = invalidate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--redis-url", metavar="URL", help="the Redis the gateways share")
+    where.add_argument("--config", metavar="FILE", help="a gateway config with cache.redis_url")
+
+
+def _invalidate(args: argparse.Namespace) -> int:
+    url = args.redis_url
+    if url is None:
+        from .config import load_config
+
+        url = load_config(args.config).cache.redis_url
+        if url is None:
+            raise CLIError(f"{args.config}: cache.redis_url is not set")
+    try:
+        from ..registries.coherence.redis import publish_invalidation
+    except ImportError:
+        raise CLIError(
+            "'invalidate' needs the redis extra: pip install 'prompt-middleware[redis]'"
+        ) from None
+    try:
+        anyio.run(partial(publish_invalidation, url, args.name))
+    except Exception as exc:
+        # The URL may hold a password: name the failure, not the target.
+        raise CLIError(f"Redis did not take the invalidation ({type(exc).__name__})") from None
+    what = f"prompt {args.name!r}" if args.name else "every prompt"
+    _say(f"invalidated {what} in every worker sharing that Redis")
+    return 0
