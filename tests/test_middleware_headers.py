@@ -7,6 +7,7 @@ in-memory and file registries, raw-ASGI and through real uvicorn, which validate
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -19,6 +20,7 @@ from prompt_middleware import (
     LangfuseRegistry,
     Prompt,
     PromptMiddleware,
+    PromptRegistry,
 )
 from prompt_middleware.gateway.echo import EchoUpstream
 from prompt_middleware.testing import CaptureApp
@@ -123,13 +125,13 @@ async def test_unsendable_names_are_the_clients_400_whatever_the_registry(
 ) -> None:
     """A lone surrogate cannot travel as UTF-8: refused at the request boundary, before any
     registry is asked (Langfuse would otherwise fail as "unavailable", files answer 404)."""
-    registry: Any = {
+    registries: dict[str, Callable[[], PromptRegistry]] = {
         "memory": lambda: InMemoryRegistry(named_prompts()),
         "files": lambda: FileRegistry(tmp_path),
         # Nothing listens there: a request that reached the registry would fail as a 503.
         "langfuse": lambda: LangfuseRegistry("pk-lf-x", "sk-lf-x", base_url="http://127.0.0.1:9"),
-    }[source]()
-    mw = PromptMiddleware(capture, registry=registry)
+    }
+    mw = PromptMiddleware(capture, registry=registries[source]())
     send = await asgi_call(mw, json.dumps(UNSENDABLE[field]).encode())
     openai_error(send, 400, "invalid_prompt_request", param=field)
     assert capture.requests == []
