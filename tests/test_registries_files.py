@@ -55,7 +55,7 @@ async def test_file_registry_serves_nothing_from_outside_its_directory(
     async with asgi_client(mw) as client:
         for name in names:
             response = await client.post("/v1/chat/completions", json={"prompt_id": name})
-            assert response.status_code == 404, name
+            openai_error(response, 404, "prompt_not_found")
             assert "TOP-SECRET" not in response.text
         assert (await client.post("/v1/chat/completions", json={"prompt_id": "ok"})).is_success
     assert [call.json["messages"][0]["content"] for call in capture.requests] == ["fine {{x}}"]

@@ -79,17 +79,26 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger: ours, httpx, httpcore, uvicorn
     upstream = Upstream()
-    cases: list[tuple[dict[str, Any], int]] = [
-        ({"prompt_id": "greet", "prompt_variables": {"user": "u"}}, 200),
-        ({"prompt_id": "greet", **creds(A_PK, A_SK)}, 200),
-        ({"prompt_id": "greet", **creds(A_PK, WRONG_SK)}, 502),  # Langfuse says 401
-        ({"prompt_id": "greet", **creds(A_PK, A_SK, langfuse_host="http://10.0.0.1")}, 400),
-        ({"messages": [], **creds(A_PK, A_SK)}, 400),  # credentials, no prompt
-        ({"prompt_id": "nope", **creds(A_PK, A_SK)}, 404),
-        ({"prompt_id": "greet", "prompt_version": 1, **creds(B_PK, B_SK)}, 503),  # fails
-        ({"prompt_id": "greet", "prompt_version": 1, **creds(C_PK, C_SK)}, 502),  # malformed
-        ({"prompt_id": "greet", "langfuse_public_key": A_PK, "langfuse_secret": A_SK}, 200),
-        ({"model": "m", "messages": [{"role": "user", "content": "no prompt here"}]}, 200),
+    host = creds(A_PK, A_SK, langfuse_host="http://10.0.0.1")
+    # (body, status, error code): the client's own key is sent along every time.
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"prompt_id": "greet", "prompt_variables": {"user": "u"}}, 200, ""),
+        ({"prompt_id": "greet", **creds(A_PK, A_SK)}, 200, ""),
+        # Langfuse says 401.
+        ({"prompt_id": "greet", **creds(A_PK, WRONG_SK)}, 502, "prompt_registry_auth_failed"),
+        ({"prompt_id": "greet", **host}, 400, "invalid_prompt_request"),
+        # Credentials, no prompt.
+        ({"messages": [], **creds(A_PK, A_SK)}, 400, "invalid_prompt_request"),
+        ({"prompt_id": "nope", **creds(A_PK, A_SK)}, 404, "prompt_not_found"),
+        # Langfuse fails, then answers a malformed prompt.
+        (
+            {"prompt_id": "greet", "prompt_version": 1, **creds(B_PK, B_SK)},
+            503,
+            "prompt_registry_unavailable",
+        ),
+        ({"prompt_id": "greet", "prompt_version": 1, **creds(C_PK, C_SK)}, 502, "invalid_prompt"),
+        ({"prompt_id": "greet", "langfuse_public_key": A_PK, "langfuse_secret": A_SK}, 200, ""),
+        ({"model": "m", "messages": [{"role": "user", "content": "no prompt here"}]}, 200, ""),
     ]
     with running_server(upstream, lifespan="off") as upstream_url:
         async with UpstreamProxy(upstream_url) as proxy:
@@ -99,13 +108,16 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
             headers = {"authorization": f"Bearer {BEARER}"}
             responses: list[httpx.Response] = []
             async with asgi_client(mw) as client, asgi_client(strict) as strict_client:
-                for body, status in cases:
+                for body, status, code in cases:
                     if body.get("langfuse_public_key") == B_PK:
                         fake.fail_next(1, 500, body={"error": "Boom", "message": B_SK})
                     if body.get("langfuse_public_key") == C_PK:
                         fake.fail_next(1, 200, body={"name": "greet", "secret": C_SK})
                     response = await client.post("/v1/chat/completions", json=body, headers=headers)
-                    assert response.status_code == status, (body, response.text)
+                    if code:
+                        openai_error(response, status, code)
+                    else:
+                        assert response.status_code == status, (body, response.text)
                     responses.append(response)
                 responses.append(
                     await strict_client.post(
@@ -114,7 +126,7 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
                         headers=headers,
                     )
                 )
-                assert responses[-1].status_code == 400
+                openai_error(responses[-1], 400, "request_credentials_disabled")
                 # Shadowed by a repeat, the secret must not ride along either.
                 shadowed = (
                     b'{"messages":[],"langfuse_secret_key":"' + A_SK.encode() + b'",'
@@ -123,7 +135,7 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
                 responses.append(
                     await client.post("/v1/chat/completions", content=shadowed, headers=headers)
                 )
-                assert responses[-1].status_code == 400
+                openai_error(responses[-1], 400, "invalid_prompt_request")
             await mw.aclose()
 
     # The secrets were really used: Langfuse saw them, the upstream got the client's key.
