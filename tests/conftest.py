@@ -4,6 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from prompt_middleware.testing import CaptureApp
+
 from .fake_langfuse import FakeLangfuse, running_fake
 
 
@@ -27,3 +29,11 @@ def clean_fake(served: tuple[FakeLangfuse, str]) -> Iterator[FakeLangfuse]:
     served[0].reset()
     yield served[0]
     served[0].release()
+
+
+@pytest.fixture
+def capture() -> CaptureApp:
+    """The app behind the middleware: records each request (`requests`, `last`), answers
+    `{"ok": true}`. Drive it with `prompt_middleware.testing.asgi_client`/`openai_client`, or
+    raw ASGI with `tests.helpers.asgi_call`."""
+    return CaptureApp({"ok": True})

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.responses import ResponsePromptParam
 
 from prompt_middleware.gateway.cli import main
 from prompt_middleware.testing import CaptureApp
@@ -280,13 +281,13 @@ def test_serve_responses_with_hosted_prompt_object() -> None:
         _serving("--upstream", "echo", "--prompts", PROMPTS) as (url, _),
         openai.OpenAI(api_key="sk-any", base_url=url + "/v1", max_retries=0) as client,
     ):
-        prompt = {
+        prompt: ResponsePromptParam = {
             "id": "pmpt_abc123",
             "version": "3",
             "variables": {"city": "Lyon", "traveller": {"type": "input_text", "text": "Ada"}},
         }
-        response = client.responses.create(model="gpt-4.1", prompt=prompt, input="Three days.")  # type: ignore[arg-type]
-        with client.responses.stream(model="gpt-4.1", prompt=prompt, input="Two days.") as stream:  # type: ignore[arg-type]
+        response = client.responses.create(model="gpt-4.1", prompt=prompt, input="Three days.")
+        with client.responses.stream(model="gpt-4.1", prompt=prompt, input="Two days.") as stream:
             final = stream.get_final_response()
     expected = [{"role": "developer", "content": "You plan trips to Lyon for Ada."}]
     assert json.loads(response.output_text)["input"] == [

@@ -21,13 +21,12 @@ from prompt_middleware import (
     PromptNotFound,
     RegistryUnavailable,
 )
+from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .helpers import (
-    Recorder,
     SendLog,
     chat_prompt,
     chunked_receive,
-    client_for,
     http_scope,
     text_prompt,
 )
@@ -56,14 +55,15 @@ PROMPTS = [
 ]
 
 
-def make(app: Any = None, **options: Any) -> tuple[PromptMiddleware, Recorder]:
-    recorder = app or Recorder()
+def make(app: Any = None, **options: Any) -> tuple[PromptMiddleware, CaptureApp]:
+    recorder = app or CaptureApp({"ok": True})
     options.setdefault("registry", InMemoryRegistry(PROMPTS))
     return PromptMiddleware(recorder, **options), recorder
 
 
 async def post(middleware: Any, body: Any, path: str = "/v1/chat/completions") -> Any:
-    async with client_for(middleware) as client:
+    # No lifespan: tests post many times to one middleware, whose shutdown closes its registry.
+    async with asgi_client(middleware, run_lifespan=False) as client:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return await client.post(
             path, content=content, headers={"content-type": "application/json"}
@@ -91,10 +91,10 @@ async def test_text_prompt_becomes_one_user_message() -> None:
         "messages": [{"role": "user", "content": "Hello Ada!"}],
         "user": "u-1",
     }
-    assert app.last.header(b"content-length") == [str(len(app.last.body)).encode()]
+    assert app.last.headers.getlist("content-length") == [str(len(app.last.body))]
     assert response.headers["x-prompt-name"] == "greet"
     assert response.headers["x-prompt-version"] == "1"
-    prompt = app.last.scope["state"]["prompt"]
+    prompt = app.last.prompt
     assert isinstance(prompt, Prompt)
     assert (prompt.name, prompt.version, prompt.labels) == ("greet", 1, ("production",))
 
@@ -282,7 +282,7 @@ async def test_no_prompt_reference_forwards_original_bytes(body: bytes) -> None:
     await mw(scope, chunked_receive([body[:5], body[5:]]), send)
     assert send.status == 200
     assert app.last.body == body
-    assert app.last.scope["headers"] == scope["headers"]
+    assert app.last.headers.raw == scope["headers"]
     assert "x-prompt-name" not in dict(send.messages[0]["headers"])
 
 
@@ -396,7 +396,7 @@ async def test_disconnect_while_reading_body_never_calls_app() -> None:
 
     send = SendLog()
     await mw(http_scope(), receive_then_disconnect, send)
-    assert app.calls == []
+    assert app.requests == []
     assert send.messages == []
     del receive
 
@@ -478,7 +478,7 @@ async def test_invalid_prompt_fields_are_400(fields: dict[str, Any], param: str)
         param,
         "invalid_request_error",
     )
-    assert app.calls == []
+    assert app.requests == []
 
 
 @pytest.mark.parametrize(
@@ -494,7 +494,7 @@ async def test_unknown_prompt_is_404(fields: dict[str, Any]) -> None:
     response = await post(mw, {"model": "m", **fields})
     assert response.status_code == 404
     assert error_of(response)["code"] == "prompt_not_found"
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_strict_variables_names_what_is_missing() -> None:
@@ -507,7 +507,7 @@ async def test_strict_variables_names_what_is_missing() -> None:
     assert "'b'" in error["message"]
     response = await post(mw, {"model": "m", "prompt_id": "greet"})
     assert "'name'" in error_of(response)["message"]
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_strict_variables_satisfied_by_client_messages_in_single_placeholder() -> None:
@@ -530,7 +530,7 @@ async def test_bad_placeholder_value_is_400(history: Any) -> None:
     response = await post(mw, {"prompt_id": "support", "prompt_variables": {"history": history}})
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_prompt_variables"
-    assert app.calls == []
+    assert app.requests == []
 
 
 @pytest.mark.parametrize("field", ["langfuse_public_key", "langfuse_secret", "langfuse_host"])
@@ -541,14 +541,14 @@ async def test_request_credentials_refused_by_default(field: str) -> None:
     error = error_of(response)
     assert (error["code"], error["param"]) == ("request_credentials_disabled", field)
     assert "very-secret" not in response.text
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_credentials_without_prompt_are_not_forwarded() -> None:
     mw, app = make()
     response = await post(mw, {"model": "m", "messages": [], "langfuse_secret_key": "sk-lf-1"})
     assert response.status_code == 400
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_body_over_limit_by_content_length_is_413_without_reading() -> None:
@@ -562,7 +562,7 @@ async def test_body_over_limit_by_content_length_is_413_without_reading() -> Non
     await mw(http_scope(headers=headers), receive, send)
     assert send.status == 413
     assert json.loads(send.body)["error"]["code"] == "request_too_large"
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_body_over_limit_while_streaming_is_413() -> None:
@@ -579,7 +579,7 @@ async def test_body_over_limit_while_streaming_is_413() -> None:
     await mw(http_scope(), receive, send)
     assert send.status == 413
     assert reads == 3  # stopped as soon as the limit was crossed
-    assert app.calls == []
+    assert app.requests == []
 
 
 class FailingRegistry:
@@ -597,7 +597,7 @@ async def test_registry_unavailable_is_503() -> None:
     response = await post(mw, {"prompt_id": "greet"})
     assert response.status_code == 503
     assert error_of(response)["code"] == "prompt_registry_unavailable"
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_unexpected_registry_error_is_logged_not_leaked(
@@ -608,7 +608,7 @@ async def test_unexpected_registry_error_is_logged_not_leaked(
     assert response.status_code == 500
     assert "internal detail" not in response.text
     assert "internal detail" in caplog.text
-    assert app.calls == []
+    assert app.requests == []
 
 
 async def test_errors_from_the_app_are_not_swallowed() -> None:
@@ -689,7 +689,7 @@ async def test_refresh_runs_in_the_lifespan_task_group() -> None:
             started.set()
             await stop.wait()
             return
-        await Recorder()(scope, receive, send)
+        await CaptureApp({"ok": True})(scope, receive, send)
 
     mw = PromptMiddleware(app, registry=cache)
     async with anyio.create_task_group() as tg:

@@ -13,7 +13,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def snippet(marker: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", README, flags=re.S)
     (found,) = [b for b in blocks if marker in b]
     return found
 

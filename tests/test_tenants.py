@@ -1,19 +1,32 @@
-"""registries/tenants.py: per-request credentials resolved to one cache-aware registry."""
+"""Tenants (registries/tenants.py): per-request Langfuse credentials, one cache-aware registry each.
+
+Unit tests of the pool, then requests through the middleware (allow-list, cache, no leaks).
+Attacks on the same paths (URL tricks, secrets in every outcome, cross-talk under load) are in
+test_tenants_security.py.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from typing import Any
 
+import anyio
 import pytest
 
-from prompt_middleware import CachedRegistry, LangfuseRegistry, PromptMiddleware
+from prompt_middleware import CachedRegistry, InMemoryRegistry, LangfuseRegistry, PromptMiddleware
 from prompt_middleware.core.errors import InvalidPromptRequest
 from prompt_middleware.core.references import Credentials
 from prompt_middleware.registries.tenants import LangfuseTenants
+from prompt_middleware.testing import CaptureApp, asgi_client
 
-from .helpers import Recorder, SendLog, chunked_receive, http_scope
+from .fake_langfuse import FakeLangfuse
+from .helpers import asgi_call, openai_error
 
 pytestmark = pytest.mark.anyio
+
+# --- the pool, malformed credentials ---------------------------------------------------------
 
 # Nothing listens on port 9: a request that reached Langfuse would fail, not pass.
 BASE = "http://127.0.0.1:9"
@@ -39,21 +52,19 @@ def test_malformed_hosts_are_refused_as_the_clients_error(host: str) -> None:
 
 
 @pytest.mark.parametrize("host", MALFORMED_HOSTS)
-async def test_malformed_hosts_through_the_middleware_are_a_400(host: str) -> None:
-    app = Recorder()
-    mw = PromptMiddleware(app, registry=base_registry(), allow_request_credentials=True)
+async def test_malformed_hosts_through_the_middleware_are_a_400(
+    host: str, capture: CaptureApp
+) -> None:
+    mw = PromptMiddleware(capture, registry=base_registry(), allow_request_credentials=True)
     body = {
         "prompt_id": "greet",
         "langfuse_public_key": "pk-lf-a",
         "langfuse_secret_key": "sk-lf-a",
         "langfuse_host": host,
     }
-    send = SendLog()
-    await mw(http_scope(), chunked_receive([json.dumps(body).encode()]), send)
-    assert send.status == 400
-    error = json.loads(send.body)["error"]
-    assert (error["code"], error["param"]) == ("invalid_prompt_request", "langfuse_host")
-    assert app.calls == []
+    send = await asgi_call(mw, json.dumps(body).encode())
+    openai_error(send, 400, "invalid_prompt_request", param="langfuse_host")
+    assert capture.requests == []
 
 
 @pytest.mark.parametrize(
@@ -65,20 +76,18 @@ async def test_malformed_hosts_through_the_middleware_are_a_400(host: str) -> No
         ("langfuse_host", "http://127.0.0.1:9/\ud800"),
     ],
 )
-async def test_unsendable_credentials_are_a_400_not_a_500(field: str, value: str) -> None:
-    app = Recorder()
-    mw = PromptMiddleware(app, registry=base_registry(), allow_request_credentials=True)
+async def test_unsendable_credentials_are_a_400_not_a_500(
+    field: str, value: str, capture: CaptureApp
+) -> None:
+    mw = PromptMiddleware(capture, registry=base_registry(), allow_request_credentials=True)
     body = {"prompt_id": "greet", "langfuse_public_key": "pk-lf-a", "langfuse_secret_key": "sk"}
     if field == "langfuse_secret":
         del body["langfuse_secret_key"]
     body[field] = value
-    send = SendLog()
-    await mw(http_scope(), chunked_receive([json.dumps(body).encode()]), send)
-    assert send.status == 400
-    error = json.loads(send.body)["error"]
-    assert (error["code"], error["param"]) == ("invalid_prompt_request", field)
+    send = await asgi_call(mw, json.dumps(body).encode())
+    openai_error(send, 400, "invalid_prompt_request", param=field)
     assert value not in send.body.decode("utf-8", "surrogatepass")
-    assert app.calls == []
+    assert capture.requests == []
 
 
 def test_registry_for_is_cache_aware_and_pooled() -> None:
@@ -95,3 +104,144 @@ def test_registry_for_is_cache_aware_and_pooled() -> None:
     assert "sk-lf-a" not in repr(first) + repr(registry) + tenant
     uncached = LangfuseTenants(base)
     assert isinstance(uncached.registry_for(creds), LangfuseRegistry)
+
+
+# --- through the middleware, against a fake Langfuse ----------------------------------------------
+
+BASE_PK, BASE_SK = "pk-lf-base", "sk-lf-base-secret"
+A_PK, A_SK = "pk-lf-tenant-a", "sk-lf-tenant-a-secret"
+B_PK, B_SK = "pk-lf-tenant-b", "sk-lf-tenant-b-secret"
+
+
+@pytest.fixture
+def fake(clean_fake: FakeLangfuse) -> FakeLangfuse:
+    clean_fake.add_prompt(BASE_PK, BASE_SK, "greet", "base says hi")
+    clean_fake.add_prompt(A_PK, A_SK, "greet", "tenant A says hi")
+    clean_fake.add_prompt(B_PK, B_SK, "greet", "tenant B says hi")
+    return clean_fake
+
+
+@pytest.fixture
+def gateway(
+    served: tuple[FakeLangfuse, str], capture: CaptureApp
+) -> Callable[..., PromptMiddleware]:
+    """Builds `PromptMiddleware(capture, ...)` over the fake Langfuse's base project; the
+    lifespan that `asgi_client` runs closes it."""
+
+    def build(**options: Any) -> PromptMiddleware:
+        registry = LangfuseRegistry(BASE_PK, BASE_SK, base_url=served[1], max_retries=0)
+        return PromptMiddleware(capture, registry=registry, **options)
+
+    return build
+
+
+def creds(public_key: str, secret: str, **extra: Any) -> dict[str, Any]:
+    return {"langfuse_public_key": public_key, "langfuse_secret_key": secret, **extra}
+
+
+async def test_tenants_get_their_own_prompts_under_concurrency(
+    fake: FakeLangfuse,
+    served: tuple[FakeLangfuse, str],
+    capture: CaptureApp,
+    gateway: Callable[..., PromptMiddleware],
+) -> None:
+    tenants = {None: "base says hi", A_PK: "tenant A says hi", B_PK: "tenant B says hi"}
+    secrets = {A_PK: A_SK, B_PK: B_SK}
+    results: list[tuple[str | None, int, str]] = []
+
+    async with asgi_client(gateway(allow_request_credentials=True)) as client:
+
+        async def one(i: int) -> None:
+            pk = list(tenants)[i % 3]
+            body: dict[str, Any] = {"model": "m", "prompt_id": "greet", "user": f"u{i}"}
+            if pk is not None:
+                body |= creds(pk, secrets[pk])
+            response = await client.post("/v1/chat/completions", json=body)
+            results.append((pk, response.status_code, body["user"]))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(150):
+                tg.start_soon(one, i)
+
+    assert all(status == 200 for _, status, _ in results)
+    by_user = {call.json["user"]: call.json for call in capture.requests}
+    for pk, _, user in results:
+        sent = by_user[user]
+        assert sent["messages"] == [{"role": "user", "content": tenants[pk]}]
+        assert not any(key.startswith("langfuse_") for key in sent)
+    # One fetch per tenant: the cache keys by tenant and collapses concurrent misses.
+    assert fake.request_count == 3
+
+
+async def test_wrong_secret_is_refused_after_the_right_one_filled_the_cache(
+    fake: FakeLangfuse,
+    served: tuple[FakeLangfuse, str],
+    capture: CaptureApp,
+    gateway: Callable[..., PromptMiddleware],
+) -> None:
+    async with asgi_client(gateway(allow_request_credentials=True)) as client:
+        ok = await client.post(
+            "/v1/chat/completions", json={"prompt_id": "greet", **creds(A_PK, A_SK)}
+        )
+        wrong = await client.post(
+            "/v1/chat/completions",
+            json={"prompt_id": "greet", **creds(A_PK, "sk-lf-guessed")},
+        )
+    assert ok.status_code == 200
+    openai_error(wrong, 502, "prompt_registry_auth_failed")
+    assert "sk-lf-guessed" not in wrong.text
+    assert len(capture.requests) == 1
+
+
+async def test_host_outside_allow_list_is_400_and_nothing_leaves(
+    fake: FakeLangfuse,
+    served: tuple[FakeLangfuse, str],
+    capture: CaptureApp,
+    gateway: Callable[..., PromptMiddleware],
+) -> None:
+    async with asgi_client(gateway(allow_request_credentials=True)) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={
+                "prompt_id": "greet",
+                **creds(A_PK, A_SK, langfuse_host="http://169.254.169.254"),
+            },
+        )
+    openai_error(response, 400, "invalid_prompt_request", param="langfuse_host")
+    assert fake.request_count == 0
+    assert capture.requests == []
+
+
+async def test_allowed_host_is_used(
+    fake: FakeLangfuse, served: tuple[FakeLangfuse, str], gateway: Callable[..., PromptMiddleware]
+) -> None:
+    mw = gateway(allow_request_credentials=True, allowed_langfuse_hosts=[served[1]])
+    async with asgi_client(mw) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"prompt_id": "greet", **creds(B_PK, B_SK, langfuse_host=served[1])},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-prompt-name"] == "greet"
+
+
+async def test_secrets_never_logged(
+    fake: FakeLangfuse,
+    served: tuple[FakeLangfuse, str],
+    caplog: pytest.LogCaptureFixture,
+    gateway: Callable[..., PromptMiddleware],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with asgi_client(gateway(allow_request_credentials=True)) as client:
+        for secret in (A_SK, "sk-lf-wrong-one"):
+            await client.post(
+                "/v1/chat/completions",
+                json={"prompt_id": "greet", "prompt_version": 7, **creds(A_PK, secret)},
+            )
+    for secret in (A_SK, "sk-lf-wrong-one", BASE_SK):
+        assert secret not in caplog.text
+
+
+def test_request_credentials_need_a_langfuse_registry() -> None:
+    with pytest.raises(TypeError, match="LangfuseRegistry"):
+        PromptMiddleware(CaptureApp(), registry=InMemoryRegistry(), allow_request_credentials=True)

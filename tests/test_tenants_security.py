@@ -1,10 +1,9 @@
-"""Issue #7, security: secrets never leak, the registry cannot be steered, tenants stay apart.
+"""Tenants (per-request Langfuse credentials) under attack: no leaks, no steering, no cross-talk.
 
 - Secrets (the client's `Authorization`, `langfuse_*` keys, the registry's own keys) appear in no
   log record at any level, no error body and no forwarded body, across every outcome.
 - Per-request `langfuse_host` outside the allow-list is a 400 and nothing leaves the process
-  (extends tests/test_request_credentials.py with the URL tricks).
-- `FileRegistry` never serves a file outside its directory, seen through the middleware.
+  (extends tests/test_tenants.py with the URL tricks).
 - Hundreds of concurrent requests over tenants x prompts x variables: each gets its own.
 """
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,16 +19,16 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from prompt_middleware import (
-    FileRegistry,
     LangfuseRegistry,
     PromptMiddleware,
     UpstreamProxy,
 )
 from prompt_middleware.core.prompts import PromptRef
 from prompt_middleware.core.references import Credentials, PromptRequest
+from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import FakeLangfuse
-from .helpers import Recorder, client_for
+from .helpers import openai_error
 from .servers import running_server
 
 pytestmark = pytest.mark.anyio
@@ -81,17 +79,26 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger: ours, httpx, httpcore, uvicorn
     upstream = Upstream()
-    cases: list[tuple[dict[str, Any], int]] = [
-        ({"prompt_id": "greet", "prompt_variables": {"user": "u"}}, 200),
-        ({"prompt_id": "greet", **creds(A_PK, A_SK)}, 200),
-        ({"prompt_id": "greet", **creds(A_PK, WRONG_SK)}, 502),  # Langfuse says 401
-        ({"prompt_id": "greet", **creds(A_PK, A_SK, langfuse_host="http://10.0.0.1")}, 400),
-        ({"messages": [], **creds(A_PK, A_SK)}, 400),  # credentials, no prompt
-        ({"prompt_id": "nope", **creds(A_PK, A_SK)}, 404),
-        ({"prompt_id": "greet", "prompt_version": 1, **creds(B_PK, B_SK)}, 503),  # fails
-        ({"prompt_id": "greet", "prompt_version": 1, **creds(C_PK, C_SK)}, 502),  # malformed
-        ({"prompt_id": "greet", "langfuse_public_key": A_PK, "langfuse_secret": A_SK}, 200),
-        ({"model": "m", "messages": [{"role": "user", "content": "no prompt here"}]}, 200),
+    host = creds(A_PK, A_SK, langfuse_host="http://10.0.0.1")
+    # (body, status, error code): the client's own key is sent along every time.
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"prompt_id": "greet", "prompt_variables": {"user": "u"}}, 200, ""),
+        ({"prompt_id": "greet", **creds(A_PK, A_SK)}, 200, ""),
+        # Langfuse says 401.
+        ({"prompt_id": "greet", **creds(A_PK, WRONG_SK)}, 502, "prompt_registry_auth_failed"),
+        ({"prompt_id": "greet", **host}, 400, "invalid_prompt_request"),
+        # Credentials, no prompt.
+        ({"messages": [], **creds(A_PK, A_SK)}, 400, "invalid_prompt_request"),
+        ({"prompt_id": "nope", **creds(A_PK, A_SK)}, 404, "prompt_not_found"),
+        # Langfuse fails, then answers a malformed prompt.
+        (
+            {"prompt_id": "greet", "prompt_version": 1, **creds(B_PK, B_SK)},
+            503,
+            "prompt_registry_unavailable",
+        ),
+        ({"prompt_id": "greet", "prompt_version": 1, **creds(C_PK, C_SK)}, 502, "invalid_prompt"),
+        ({"prompt_id": "greet", "langfuse_public_key": A_PK, "langfuse_secret": A_SK}, 200, ""),
+        ({"model": "m", "messages": [{"role": "user", "content": "no prompt here"}]}, 200, ""),
     ]
     with running_server(upstream, lifespan="off") as upstream_url:
         async with UpstreamProxy(upstream_url) as proxy:
@@ -100,14 +107,17 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
             strict = PromptMiddleware(proxy, registry=registry)
             headers = {"authorization": f"Bearer {BEARER}"}
             responses: list[httpx.Response] = []
-            async with client_for(mw) as client, client_for(strict) as strict_client:
-                for body, status in cases:
+            async with asgi_client(mw) as client, asgi_client(strict) as strict_client:
+                for body, status, code in cases:
                     if body.get("langfuse_public_key") == B_PK:
                         fake.fail_next(1, 500, body={"error": "Boom", "message": B_SK})
                     if body.get("langfuse_public_key") == C_PK:
                         fake.fail_next(1, 200, body={"name": "greet", "secret": C_SK})
                     response = await client.post("/v1/chat/completions", json=body, headers=headers)
-                    assert response.status_code == status, (body, response.text)
+                    if code:
+                        openai_error(response, status, code)
+                    else:
+                        assert response.status_code == status, (body, response.text)
                     responses.append(response)
                 responses.append(
                     await strict_client.post(
@@ -116,7 +126,7 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
                         headers=headers,
                     )
                 )
-                assert responses[-1].status_code == 400
+                openai_error(responses[-1], 400, "request_credentials_disabled")
                 # Shadowed by a repeat, the secret must not ride along either.
                 shadowed = (
                     b'{"messages":[],"langfuse_secret_key":"' + A_SK.encode() + b'",'
@@ -125,7 +135,7 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
                 responses.append(
                     await client.post("/v1/chat/completions", content=shadowed, headers=headers)
                 )
-                assert responses[-1].status_code == 400
+                openai_error(responses[-1], 400, "invalid_prompt_request")
             await mw.aclose()
 
     # The secrets were really used: Langfuse saw them, the upstream got the client's key.
@@ -141,10 +151,10 @@ async def test_secrets_appear_in_no_log_error_or_forwarded_body(
         for response in responses:
             assert secret not in response.text, secret
             assert secret not in str(response.headers), secret
-        for _, body in upstream.seen:
-            assert secret.encode() not in body, secret
-    for _, body in upstream.seen:
-        assert not [key for key in json.loads(body) if key.startswith(("langfuse_", "prompt_"))]
+        for _, sent in upstream.seen:
+            assert secret.encode() not in sent, secret
+    for _, sent in upstream.seen:
+        assert not [key for key in json.loads(sent) if key.startswith(("langfuse_", "prompt_"))]
 
 
 def test_credentials_are_kept_out_of_reprs() -> None:
@@ -215,85 +225,58 @@ def outbound() -> tuple[list[httpx.Request], httpx.AsyncClient]:
     return sent, httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-def ssrf_gateway(client: httpx.AsyncClient) -> tuple[PromptMiddleware, Recorder]:
-    registry = LangfuseRegistry(BASE_PK, BASE_SK, base_url=BASE_URL, client=client)
-    recorder = Recorder()
-    mw = PromptMiddleware(
-        recorder,
+@pytest.fixture
+def guarded(
+    outbound: tuple[list[httpx.Request], httpx.AsyncClient], capture: CaptureApp
+) -> PromptMiddleware:
+    """Request credentials allowed, for the configured URL and ALLOWED only; Langfuse is
+    `outbound`, the app behind is `capture`."""
+    registry = LangfuseRegistry(BASE_PK, BASE_SK, base_url=BASE_URL, client=outbound[1])
+    return PromptMiddleware(
+        capture,
         registry=registry,
         allow_request_credentials=True,
         allowed_langfuse_hosts=[ALLOWED],
     )
-    return mw, recorder
 
 
 @pytest.mark.parametrize("host", REFUSED_HOSTS)
 async def test_hosts_outside_the_allow_list_are_400_with_no_outbound_request(
-    outbound: tuple[list[httpx.Request], httpx.AsyncClient], host: Any
+    outbound: tuple[list[httpx.Request], httpx.AsyncClient],
+    guarded: PromptMiddleware,
+    capture: CaptureApp,
+    host: Any,
 ) -> None:
-    sent, client = outbound
-    mw, recorder = ssrf_gateway(client)
     body = {"prompt_id": "greet", **creds(A_PK, A_SK, langfuse_host=host)}
-    async with client_for(mw) as http:
+    async with asgi_client(guarded) as http:
         response = await http.post("/v1/chat/completions", json=body)
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "langfuse_host"
+    openai_error(response, 400, "invalid_prompt_request", param="langfuse_host")
     assert A_SK not in response.text
-    assert sent == []
-    assert recorder.calls == []
+    assert outbound[0] == []
+    assert capture.requests == []
 
 
 @pytest.mark.parametrize(("host", "base"), list(ALLOWED_HOSTS.items()))
 async def test_allowed_hosts_reach_only_the_configured_url(
-    outbound: tuple[list[httpx.Request], httpx.AsyncClient], host: str, base: str
+    outbound: tuple[list[httpx.Request], httpx.AsyncClient],
+    guarded: PromptMiddleware,
+    host: str,
+    base: str,
 ) -> None:
-    sent, client = outbound
-    mw, _ = ssrf_gateway(client)
     body = {"prompt_id": "greet", **creds(A_PK, A_SK, langfuse_host=host)}
-    async with client_for(mw) as http:
+    async with asgi_client(guarded) as http:
         response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
-    assert [str(r.url.copy_with(query=None)) for r in sent] == [
+    assert [str(r.url.copy_with(query=None)) for r in outbound[0]] == [
         base + "/api/public/v2/prompts/greet"
     ]
-
-
-# --- FileRegistry, seen through the middleware ------------------------------------------------
-
-
-async def test_file_registry_serves_nothing_from_outside_its_directory(tmp_path: Path) -> None:
-    root = tmp_path / "prompts"
-    (root / "team").mkdir(parents=True)
-    (tmp_path / "secret.txt").write_text("TOP-SECRET-TEXT")
-    (root / "ok.txt").write_text("fine {{x}}")
-    (root / "out.txt").symlink_to(tmp_path / "secret.txt")
-    (root / "team" / "up").symlink_to(tmp_path, target_is_directory=True)
-    recorder = Recorder()
-    mw = PromptMiddleware(recorder, registry=FileRegistry(root))
-    names = [
-        "../secret",
-        "team/../../secret",
-        str(tmp_path / "secret"),
-        "out",
-        "team/up/secret",
-        "secret\x00",
-        "..\\secret",
-        "ok/../../secret",
-    ]
-    async with client_for(mw) as client:
-        for name in names:
-            response = await client.post("/v1/chat/completions", json={"prompt_id": name})
-            assert response.status_code == 404, name
-            assert "TOP-SECRET" not in response.text
-        assert (await client.post("/v1/chat/completions", json={"prompt_id": "ok"})).is_success
-    assert [call.json["messages"][0]["content"] for call in recorder.calls] == ["fine {{x}}"]
 
 
 # --- tenants x prompts x variables, all at once --------------------------------------------------
 
 
 async def test_no_cross_talk_between_concurrent_tenants_prompts_and_variables(
-    fake: FakeLangfuse, served: tuple[FakeLangfuse, str]
+    fake: FakeLangfuse, served: tuple[FakeLangfuse, str], capture: CaptureApp
 ) -> None:
     fake.delay = 0.05  # every fetch overlaps with many requests
     tenants: dict[str | None, tuple[str, str] | None] = {
@@ -303,8 +286,7 @@ async def test_no_cross_talk_between_concurrent_tenants_prompts_and_variables(
     }
     prompts = ("greet", "farewell", "triage")
     registry = LangfuseRegistry(BASE_PK, BASE_SK, base_url=served[1], max_retries=0)
-    recorder = Recorder()
-    mw = PromptMiddleware(recorder, registry=registry, allow_request_credentials=True)
+    mw = PromptMiddleware(capture, registry=registry, allow_request_credentials=True)
     statuses: list[int] = []
 
     async def one(i: int) -> None:
@@ -322,18 +304,18 @@ async def test_no_cross_talk_between_concurrent_tenants_prompts_and_variables(
         response = await client.post("/v1/chat/completions", json=body)
         statuses.append(response.status_code)
 
-    async with client_for(mw) as client, anyio.create_task_group() as tg:
+    async with asgi_client(mw) as client, anyio.create_task_group() as tg:
         for i in range(360):
             tg.start_soon(one, i)
     await mw.aclose()
 
     assert statuses == [200] * 360
-    assert len(recorder.calls) == 360
-    for call in recorder.calls:
+    assert len(capture.requests) == 360
+    for call in capture.requests:
         sent = call.json
         meta = sent["metadata"]
         expected = f"{meta['who']} {meta['prompt']} says hi to user-{meta['i']}"
         assert sent["messages"] == [{"role": "user", "content": expected}]
-        assert call.scope["state"]["prompt"].name == meta["prompt"]
+        assert call.prompt.name == meta["prompt"]
     # One fetch per (tenant, prompt): concurrent misses were collapsed, keyed per tenant.
     assert fake.request_count == 9

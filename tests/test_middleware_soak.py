@@ -1,4 +1,6 @@
-"""Issue #7, a bounded soak: thousands of mixed requests while the cache keeps expiring.
+"""A bounded soak of PromptMiddleware: thousands of mixed requests while the cache keeps expiring.
+
+Marked `soak` and deselected by default; run with `./scripts/test -m soak` (docs/testing.md).
 
 Two gateways, `PromptMiddleware` in front of `EchoUpstream`, each with a 50 ms cache TTL so prompts
 are refreshed in the background all the time:
@@ -31,7 +33,7 @@ from prompt_middleware import CachedRegistry, InMemoryRegistry, PromptMiddleware
 from prompt_middleware.gateway.echo import EchoUpstream
 from prompt_middleware.testing import asgi_client
 
-from .helpers import chat_prompt, text_prompt
+from .helpers import chat_prompt, openai_error, text_prompt
 from .servers import running_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.soak]
@@ -87,94 +89,108 @@ def streamed_chat(response: httpx.Response) -> dict[str, Any]:
     return echoed
 
 
-def case(i: int) -> Case:
-    """Request number `i` of the mix, with what its response must show."""
-    token = f"tok-{i}-{os.urandom(3).hex()}"
-    kind = i % 10
-    name = f"user{i}"
-    chat = "/v1/chat/completions"
+CHAT = "/v1/chat/completions"
+Check = Callable[[httpx.Response], None]
 
-    def text_check(k: int, model: str = "m") -> Callable[[httpx.Response], None]:
-        def check(response: httpx.Response) -> None:
-            echoed = echoed_chat(response)
-            assert echoed["messages"] == [
-                {"role": "user", "content": f"[{k}] Hi {name}, token {token}"}
-            ]
-            assert echoed["model"] == model
-            assert echoed["user"] == token
-            assert response.headers["x-prompt-name"] == f"text-{k}"
 
-        return check
+def text_check(k: int, name: str, token: str, model: str = "m") -> Check:
+    def check(response: httpx.Response) -> None:
+        echoed = echoed_chat(response)
+        assert echoed["messages"] == [
+            {"role": "user", "content": f"[{k}] Hi {name}, token {token}"}
+        ]
+        assert echoed["model"] == model
+        assert echoed["user"] == token
+        assert response.headers["x-prompt-name"] == f"text-{k}"
 
-    if kind in (0, 1, 2):
-        k = i % 6
-        body = {"model": "m", "prompt_id": f"text-{k}", "user": token}
-        body["prompt_variables"] = {"name": name, "token": token}
-        return Case(chat, body, text_check(k))
-    if kind == 3:
-        history = [{"role": "user", "content": f"question {token}"}]
-        body = {
-            "model": "m",
-            "prompt_id": "chat",
-            "prompt_variables": {"product": name, "token": token},
-            "messages": history,
-        }
+    return check
 
-        def chat_check(response: httpx.Response) -> None:
-            echoed = echoed_chat(response)
-            assert echoed["messages"] == [
-                {"role": "system", "content": f"Support for {name} ({token})"},
-                *history,
-            ]
-            assert (echoed["model"], echoed["temperature"]) == ("chat-model", 0.3)
 
-        return Case(chat, body, chat_check)
-    if kind == 4:
-        k = i % 6
-        body = {"model": "m", "prompt_id": f"text-{k}", "user": token, "stream": True}
-        body["prompt_variables"] = {"name": name, "token": token}
+def text_case(i: int, name: str, token: str) -> Case:
+    k = i % 6
+    body: dict[str, Any] = {"model": "m", "prompt_id": f"text-{k}", "user": token}
+    body["prompt_variables"] = {"name": name, "token": token}
+    return Case(CHAT, body, text_check(k, name, token))
 
-        def stream_check(response: httpx.Response) -> None:
-            echoed = streamed_chat(response)
-            assert echoed["messages"][0]["content"] == f"[{k}] Hi {name}, token {token}"
-            assert echoed["user"] == token
 
-        return Case(chat, body, stream_check, stream=True)
-    if kind == 5:
-        body = {
-            "model": "m",
-            "prompt": {"id": "pmpt_hosted", "version": "3", "variables": {"name": name}},
-            "input": f"and {token}",
-        }
+def chat_case(i: int, name: str, token: str) -> Case:
+    history = [{"role": "user", "content": f"question {token}"}]
+    body = {
+        "model": "m",
+        "prompt_id": "chat",
+        "prompt_variables": {"product": name, "token": token},
+        "messages": history,
+    }
 
-        def responses_check(response: httpx.Response) -> None:
-            assert response.status_code == 200, response.text
-            text = response.json()["output"][0]["content"][0]["text"]
-            echoed = json.loads(text)
-            assert echoed["input"] == [
-                {"role": "user", "content": f"Hosted {name} {{{{token}}}}"},
-                {"role": "user", "content": f"and {token}"},
-            ]
+    def chat_check(response: httpx.Response) -> None:
+        echoed = echoed_chat(response)
+        assert echoed["messages"] == [
+            {"role": "system", "content": f"Support for {name} ({token})"},
+            *history,
+        ]
+        assert (echoed["model"], echoed["temperature"]) == ("chat-model", 0.3)
 
-        return Case("/v1/responses", body, responses_check)
-    if kind == 6:
-        body = {"model": "smart", "prompt_variables": {"name": name, "token": token}}
-        body["user"] = token
-        return Case(chat, body, text_check(0, model="real-model"))
-    if kind == 7:
-        k = i % 6
-        body = {"model": "m", "prompt_id": f"text-{k}", "user": token}
-        body["prompt_variables"] = {"name": name, "token": token}
-        return Case(chat, body, text_check(k), gzip=True)
-    if kind == 8:
-        body = {"model": "m", "messages": [{"role": "user", "content": f"plain prompt {token}"}]}
+    return Case(CHAT, body, chat_check)
 
-        def plain_check(response: httpx.Response) -> None:
-            assert echoed_chat(response) == body
-            assert "x-prompt-name" not in response.headers
 
-        return Case(chat, body, plain_check)
-    # Expected errors: an unknown prompt (negative-cached) and a malformed field.
+def stream_case(i: int, name: str, token: str) -> Case:
+    k = i % 6
+    body: dict[str, Any] = {"model": "m", "prompt_id": f"text-{k}", "user": token, "stream": True}
+    body["prompt_variables"] = {"name": name, "token": token}
+
+    def stream_check(response: httpx.Response) -> None:
+        echoed = streamed_chat(response)
+        assert echoed["messages"][0]["content"] == f"[{k}] Hi {name}, token {token}"
+        assert echoed["user"] == token
+
+    return Case(CHAT, body, stream_check, stream=True)
+
+
+def responses_case(i: int, name: str, token: str) -> Case:
+    body = {
+        "model": "m",
+        "prompt": {"id": "pmpt_hosted", "version": "3", "variables": {"name": name}},
+        "input": f"and {token}",
+    }
+
+    def responses_check(response: httpx.Response) -> None:
+        assert response.status_code == 200, response.text
+        text = response.json()["output"][0]["content"][0]["text"]
+        echoed = json.loads(text)
+        assert echoed["input"] == [
+            {"role": "user", "content": f"Hosted {name} {{{{token}}}}"},
+            {"role": "user", "content": f"and {token}"},
+        ]
+
+    return Case("/v1/responses", body, responses_check)
+
+
+def alias_case(i: int, name: str, token: str) -> Case:
+    body: dict[str, Any] = {"model": "smart", "prompt_variables": {"name": name, "token": token}}
+    body["user"] = token
+    return Case(CHAT, body, text_check(0, name, token, model="real-model"))
+
+
+def gzip_case(i: int, name: str, token: str) -> Case:
+    k = i % 6
+    body: dict[str, Any] = {"model": "m", "prompt_id": f"text-{k}", "user": token}
+    body["prompt_variables"] = {"name": name, "token": token}
+    return Case(CHAT, body, text_check(k, name, token), gzip=True)
+
+
+def plain_case(i: int, name: str, token: str) -> Case:
+    body = {"model": "m", "messages": [{"role": "user", "content": f"plain prompt {token}"}]}
+
+    def plain_check(response: httpx.Response) -> None:
+        assert echoed_chat(response) == body
+        assert "x-prompt-name" not in response.headers
+
+    return Case(CHAT, body, plain_check)
+
+
+def error_case(i: int, name: str, token: str) -> Case:
+    """Expected errors: an unknown prompt (negative-cached) and a malformed field."""
+    body: dict[str, Any]
     if i % 20 == 9:
         body = {"model": "m", "prompt_id": f"missing-{i % 3}"}
         expected = (404, "prompt_not_found")
@@ -183,10 +199,27 @@ def case(i: int) -> Case:
         expected = (400, "invalid_prompt_request")
 
     def error_check(response: httpx.Response) -> None:
-        assert response.status_code == expected[0], response.text
-        assert response.json()["error"]["code"] == expected[1]
+        openai_error(response, *expected)
 
-    return Case(chat, body, error_check)
+    return Case(CHAT, body, error_check)
+
+
+# Request i is of kind KINDS[i % 10].
+KINDS: list[Callable[[int, str, str], Case]] = [
+    *(text_case,) * 3,
+    chat_case,
+    stream_case,
+    responses_case,
+    alias_case,
+    gzip_case,
+    plain_case,
+    error_case,
+]
+
+
+def case(i: int) -> Case:
+    """Request number `i` of the mix, with what its response must show."""
+    return KINDS[i % 10](i, f"user{i}", f"tok-{i}-{os.urandom(3).hex()}")
 
 
 async def drive(client: httpx.AsyncClient, start: int, count: int, failures: list[str]) -> None:

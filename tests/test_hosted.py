@@ -1,4 +1,7 @@
-"""OpenAI's hosted-prompt shape, `prompt: {id, version, variables}`, served from our registries."""
+"""OpenAI's hosted-prompt shape, `prompt: {id, version, variables}`, served from our registries.
+
+Read by core/references.py, built by core/rewrite.py; driven by the official openai client.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +9,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
+from openai.types.responses import (
+    ResponseInputFileParam,
+    ResponseInputImageParam,
+    ResponseInputParam,
+)
 
 from prompt_middleware import FileRegistry, InMemoryRegistry, PromptMiddleware
 from prompt_middleware.gateway.echo import EchoUpstream
+from prompt_middleware.testing import CaptureApp, asgi_client, openai_client
 
-from .helpers import Recorder, chat_prompt, client_for, text_prompt
+from .helpers import chat_prompt, openai_error, text_prompt
 
 pytestmark = pytest.mark.anyio
 
 EXAMPLE_PROMPTS = Path(__file__).resolve().parent.parent / "examples" / "prompts"
 
-IMAGE = {"type": "input_image", "image_url": "https://example.com/cat.png", "detail": "low"}
-FILE = {"type": "input_file", "file_id": "file-123"}
+IMAGE: ResponseInputImageParam = {
+    "type": "input_image",
+    "image_url": "https://example.com/cat.png",
+    "detail": "low",
+}
+FILE: ResponseInputFileParam = {"type": "input_file", "file_id": "file-123"}
 
 PROMPTS = [
     chat_prompt(
@@ -46,25 +58,18 @@ PROMPTS = [
 ]
 
 
-def gateway() -> PromptMiddleware:
+@pytest.fixture
+def middleware() -> PromptMiddleware:
+    """The registry's hosted prompts in front of an echo upstream (replies show the request)."""
     return PromptMiddleware(EchoUpstream(), registry=InMemoryRegistry(PROMPTS))
-
-
-def api() -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        api_key="sk-test",
-        base_url="http://testserver/v1",
-        http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway())),
-        max_retries=0,
-    )
 
 
 def echoed_response(response: Any) -> dict[str, Any]:
     return dict(json.loads(response.output_text))
 
 
-async def test_responses_create_with_hosted_prompt() -> None:
-    async with api() as client:
+async def test_responses_create_with_hosted_prompt(middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         response = await client.responses.create(
             model="gpt-4o",
             prompt={"id": "pmpt_trip", "variables": {"city": "Lyon", "traveller": "Ada"}},
@@ -84,17 +89,19 @@ async def test_responses_create_with_hosted_prompt() -> None:
 
 
 @pytest.mark.parametrize("version", ["2", 2])
-async def test_versioned_id(version: Any) -> None:
-    async with api() as client:
+async def test_versioned_id(version: Any, middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         response = await client.responses.create(
             model="m", prompt={"id": "pmpt_trip", "version": version, "variables": {"city": "Oslo"}}
         )
     assert echoed_response(response)["input"] == [{"role": "developer", "content": "v2: Oslo"}]
 
 
-async def test_input_text_variables_and_item_list_input() -> None:
-    items = [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
-    async with api() as client:
+async def test_input_text_variables_and_item_list_input(middleware: PromptMiddleware) -> None:
+    items: ResponseInputParam = [
+        {"role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+    ]
+    async with openai_client(middleware) as client:
         response = await client.responses.create(
             model="m",
             prompt={
@@ -104,7 +111,7 @@ async def test_input_text_variables_and_item_list_input() -> None:
                     "traveller": "Bo",
                 },
             },
-            input=items,  # type: ignore[arg-type]
+            input=items,
         )
     assert echoed_response(response)["input"] == [
         {"role": "developer", "content": "Plan a trip to Rome for Bo."},
@@ -112,8 +119,8 @@ async def test_input_text_variables_and_item_list_input() -> None:
     ]
 
 
-async def test_image_variable_as_whole_message() -> None:
-    async with api() as client:
+async def test_image_variable_as_whole_message(middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         response = await client.responses.create(
             model="m",
             prompt={"id": "pmpt_vision", "variables": {"audience": "kids", "photo": IMAGE}},
@@ -124,22 +131,21 @@ async def test_image_variable_as_whole_message() -> None:
     ]
 
 
-async def test_file_variable_as_whole_text_prompt_on_chat() -> None:
+async def test_file_variable_as_whole_text_prompt_on_chat(capture: CaptureApp) -> None:
     registry = InMemoryRegistry([text_prompt("doc", "{{file}}")])
-    recorder = Recorder()
-    async with client_for(PromptMiddleware(recorder, registry=registry)) as client:
+    async with asgi_client(PromptMiddleware(capture, registry=registry)) as client:
         response = await client.post(
             "/v1/chat/completions",
             json={"model": "m", "prompt": {"id": "doc", "variables": {"file": FILE}}},
         )
     assert response.status_code == 200
-    assert recorder.last.json["messages"] == [
+    assert capture.last.json["messages"] == [
         {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-123"}}]}
     ]
 
 
-async def test_image_variable_on_chat_uses_chat_part_shape() -> None:
-    async with api() as client:
+async def test_image_variable_on_chat_uses_chat_part_shape(middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         result = await client.chat.completions.create(
             model="m",
             messages=[],
@@ -159,19 +165,21 @@ async def test_image_variable_on_chat_uses_chat_part_shape() -> None:
 
 
 @pytest.mark.parametrize("value", [IMAGE, FILE])
-async def test_part_variable_inside_text_is_400(value: dict[str, Any]) -> None:
-    async with api() as client:
+async def test_part_variable_inside_text_is_400(
+    value: ResponseInputImageParam | ResponseInputFileParam, middleware: PromptMiddleware
+) -> None:
+    async with openai_client(middleware) as client:
         with pytest.raises(openai.BadRequestError) as info:
             await client.responses.create(
                 model="m", prompt={"id": "pmpt_mixed", "variables": {"photo": value}}
             )
-    assert info.value.code == "invalid_prompt_variables"
+    openai_error(info.value, 400, "invalid_prompt_variables")
     assert "'photo'" in info.value.message
     assert "whole content" in info.value.message
 
 
-async def test_streaming_passes_through() -> None:
-    async with api() as client:
+async def test_streaming_passes_through(middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         stream = await client.responses.create(
             model="m",
             prompt={"id": "pmpt_text", "variables": {"lang": "Welsh"}},
@@ -189,8 +197,8 @@ async def test_streaming_passes_through() -> None:
     ]
 
 
-async def test_litellm_fields_work_on_responses() -> None:
-    async with api() as client:
+async def test_litellm_fields_work_on_responses(middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         response = await client.responses.create(
             model="langfuse/gpt-4o",
             input="q",
@@ -204,11 +212,11 @@ async def test_litellm_fields_work_on_responses() -> None:
     ]
 
 
-async def test_missing_hosted_prompt_is_404() -> None:
-    async with api() as client:
+async def test_missing_hosted_prompt_is_404(middleware: PromptMiddleware) -> None:
+    async with openai_client(middleware) as client:
         with pytest.raises(openai.NotFoundError) as info:
             await client.responses.create(model="m", prompt={"id": "pmpt_gone"})
-    assert info.value.code == "prompt_not_found"
+    openai_error(info.value, 404, "prompt_not_found")
 
 
 @pytest.mark.parametrize(
@@ -221,20 +229,20 @@ async def test_missing_hosted_prompt_is_404() -> None:
         ({"id": "pmpt_trip", "variables": ["a"]}, "prompt.variables"),
     ],
 )
-async def test_bad_hosted_reference_is_400(prompt: dict[str, Any], param: str) -> None:
-    async with client_for(gateway()) as client:
+async def test_bad_hosted_reference_is_400(
+    prompt: dict[str, Any], param: str, middleware: PromptMiddleware
+) -> None:
+    async with asgi_client(middleware) as client:
         response = await client.post("/v1/responses", json={"model": "m", "prompt": prompt})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == param
+    openai_error(response, 400, "invalid_prompt_request", param=param)
 
 
-async def test_bad_input_type_is_400() -> None:
-    async with client_for(gateway()) as client:
+async def test_bad_input_type_is_400(middleware: PromptMiddleware) -> None:
+    async with asgi_client(middleware) as client:
         response = await client.post(
             "/v1/responses", json={"model": "m", "prompt": {"id": "pmpt_text"}, "input": 3}
         )
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "input"
+    openai_error(response, 400, "invalid_prompt_request", param="input")
 
 
 @pytest.mark.parametrize(
@@ -246,25 +254,19 @@ async def test_bad_input_type_is_400() -> None:
         ("/v1/chat/completions", b'{"model": "m", "prompt": "a string prompt is not ours"}'),
     ],
 )
-async def test_untouched_without_a_prompt_object(path: str, body: bytes) -> None:
-    recorder = Recorder()
-    async with client_for(PromptMiddleware(recorder, registry=InMemoryRegistry(PROMPTS))) as client:
+async def test_untouched_without_a_prompt_object(
+    path: str, body: bytes, capture: CaptureApp
+) -> None:
+    async with asgi_client(PromptMiddleware(capture, registry=InMemoryRegistry(PROMPTS))) as client:
         response = await client.post(path, content=body)
     assert response.status_code == 200
-    assert recorder.last.body == body
+    assert capture.last.body == body
 
 
 async def test_readme_migration_example() -> None:
     """The README's before/after: the same call, served from examples/prompts/."""
-    transport = httpx.ASGITransport(
-        app=PromptMiddleware(EchoUpstream(), registry=FileRegistry(EXAMPLE_PROMPTS))
-    )
-    async with openai.AsyncOpenAI(
-        api_key="sk-test",
-        base_url="http://localhost:4000/v1",
-        http_client=httpx.AsyncClient(transport=transport),
-        max_retries=0,
-    ) as client:
+    app = PromptMiddleware(EchoUpstream(), registry=FileRegistry(EXAMPLE_PROMPTS))
+    async with openai_client(app, base_url="http://localhost:4000/v1") as client:
         response = await client.responses.create(
             model="gpt-4.1",
             prompt={

@@ -1,4 +1,4 @@
-"""The official openai client against a FastAPI app with the middleware added."""
+"""PromptMiddleware added to a FastAPI app, driven by the official openai client in-process."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from prompt_middleware import FileRegistry, PromptMiddleware
+from prompt_middleware.testing import openai_client
+
+from .helpers import openai_error
 
 pytestmark = pytest.mark.anyio
 
@@ -71,18 +73,8 @@ def build_app() -> FastAPI:
     return app
 
 
-def client(app: FastAPI) -> openai.AsyncOpenAI:
-    transport = httpx.ASGITransport(app=app)
-    return openai.AsyncOpenAI(
-        api_key="sk-test",
-        base_url="http://testserver/v1",
-        http_client=httpx.AsyncClient(transport=transport),
-        max_retries=0,
-    )
-
-
 async def test_prompt_id_through_extra_body() -> None:
-    async with client(build_app()) as api:
+    async with openai_client(build_app()) as api:
         raw = await api.chat.completions.with_raw_response.create(
             model="langfuse/gpt-4o",
             messages=[{"role": "user", "content": "My invoice is wrong"}],
@@ -106,7 +98,7 @@ async def test_prompt_id_through_extra_body() -> None:
 
 
 async def test_streaming_with_prompt() -> None:
-    async with client(build_app()) as api:
+    async with openai_client(build_app()) as api:
         stream = await api.chat.completions.create(
             model="any",
             messages=[],
@@ -124,7 +116,7 @@ async def test_streaming_with_prompt() -> None:
 
 
 async def test_config_model_wins() -> None:
-    async with client(build_app()) as api:
+    async with openai_client(build_app()) as api:
         result = await api.chat.completions.create(
             model="gpt-4o",
             messages=[],
@@ -138,20 +130,18 @@ async def test_config_model_wins() -> None:
 
 
 async def test_missing_prompt_raises_not_found() -> None:
-    async with client(build_app()) as api:
+    async with openai_client(build_app()) as api:
         with pytest.raises(openai.NotFoundError) as info:
             await api.chat.completions.create(
                 model="m", messages=[], extra_body={"prompt_id": "does/not/exist"}
             )
-    assert info.value.code == "prompt_not_found"
-    assert info.value.status_code == 404
+    openai_error(info.value, 404, "prompt_not_found")
 
 
 async def test_invalid_field_raises_bad_request() -> None:
-    async with client(build_app()) as api:
+    async with openai_client(build_app()) as api:
         with pytest.raises(openai.BadRequestError) as info:
             await api.chat.completions.create(
                 model="m", messages=[], extra_body={"prompt_id": "greeting", "prompt_version": "x"}
             )
-    assert info.value.code == "invalid_prompt_request"
-    assert info.value.param == "prompt_version"
+    openai_error(info.value, 400, "invalid_prompt_request", param="prompt_version")

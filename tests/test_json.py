@@ -1,4 +1,4 @@
-"""Issue #6: orjson reads and writes request bodies, with the json module's meaning kept.
+"""JSON with the json module's meaning (core/_json.py): orjson reads and writes request bodies.
 
 orjson differs from the json module in what it refuses (NaN, 1e400, lone surrogates), in reading
 integers past 64 bits as floats, in keeping the last of repeated keys without a word, in its
@@ -30,8 +30,9 @@ from prompt_middleware.core.references import (
     reference_markers,
 )
 from prompt_middleware.core.rewrite import RewriteOptions, build_chat_body
+from prompt_middleware.testing import CaptureApp
 
-from .helpers import Recorder, SendLog, chunked_receive, http_scope, text_prompt
+from .helpers import SendLog, chunked_receive, http_scope, text_prompt
 
 READ_FIELDS = frozenset((*PROMPT_FIELDS, *CREDENTIAL_FIELDS, "prompt"))
 ALIASES = {"alias": ModelPrompt("greet", model="real")}
@@ -271,8 +272,8 @@ def test_any_body_reads_as_the_json_module_reads_it(
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_client_that_escapes_non_ascii_gets_the_same_rewrite(backend: str) -> None:
-    recorder = Recorder()
-    mw = PromptMiddleware(recorder, registry=InMemoryRegistry([text_prompt("greet", "{{name}}")]))
+    capture = CaptureApp({"ok": True})
+    mw = PromptMiddleware(capture, registry=InMemoryRegistry([text_prompt("greet", "{{name}}")]))
     data = {"prompt_id": "greet", "prompt_variables": {"name": "Zoë"}, "seed": 2**64 + 1}
     results = []
     for body in (spell(data, 0), spell(data, 1), spell(data, 2)):
@@ -283,7 +284,7 @@ def test_a_client_that_escapes_non_ascii_gets_the_same_rewrite(backend: str) -> 
             return send
 
         assert anyio.run(run, backend=backend).status == 200
-        results.append(json.loads(recorder.last.body))
+        results.append(json.loads(capture.last.body))
     assert results[0] == results[1] == results[2]
     assert results[0]["messages"] == [{"role": "user", "content": "Zoë"}]
     assert results[0]["seed"] == 2**64 + 1
@@ -305,10 +306,10 @@ def test_a_client_that_escapes_non_ascii_gets_the_same_rewrite(backend: str) -> 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_model_alias_is_found_however_it_is_spelt(model: bytes, backend: str) -> None:
     """Every JSON spelling of an alias binds (a byte pre-filter once missed `support\\/triage`)."""
-    recorder = Recorder()
+    capture = CaptureApp({"ok": True})
     bound = ModelPrompt("greet", model="real")
     mw = PromptMiddleware(
-        recorder,
+        capture,
         registry=InMemoryRegistry([text_prompt("greet", "hi")]),
         model_prompts={"support/triage": bound, "café": bound, "gpt-4o": bound, "中文": bound},
     )
@@ -320,7 +321,7 @@ def test_a_model_alias_is_found_however_it_is_spelt(model: bytes, backend: str) 
         return send
 
     assert anyio.run(run, backend=backend).status == 200
-    assert json.loads(recorder.last.body)["model"] == "real"
+    assert json.loads(capture.last.body)["model"] == "real"
 
 
 # --- the byte pre-filter ----------------------------------------------------------------------
@@ -394,8 +395,8 @@ def test_the_pre_filter_lets_every_reference_through(
 )
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_escaped_field_names_are_read(body: bytes, status: int, backend: str) -> None:
-    recorder = Recorder()
-    mw = PromptMiddleware(recorder, registry=InMemoryRegistry([text_prompt("greet", "hi")]))
+    capture = CaptureApp({"ok": True})
+    mw = PromptMiddleware(capture, registry=InMemoryRegistry([text_prompt("greet", "hi")]))
 
     async def run() -> SendLog:
         send = SendLog()
@@ -404,9 +405,9 @@ def test_escaped_field_names_are_read(body: bytes, status: int, backend: str) ->
 
     assert anyio.run(run, backend=backend).status == status
     if status == 200:
-        assert json.loads(recorder.last.body)["messages"] == [{"role": "user", "content": "hi"}]
+        assert json.loads(capture.last.body)["messages"] == [{"role": "user", "content": "hi"}]
     else:
-        assert recorder.calls == []
+        assert capture.requests == []
 
 
 @pytest.mark.parametrize(
@@ -416,8 +417,8 @@ def test_escaped_field_names_are_read(body: bytes, status: int, backend: str) ->
 )
 def test_a_content_length_of_any_length_is_no_crash(length: bytes, status: int) -> None:
     """int() refuses 4,300+ digits; a header that long must not become a 500."""
-    recorder = Recorder()
-    mw = PromptMiddleware(recorder, registry=InMemoryRegistry([text_prompt("greet", "hi")]))
+    capture = CaptureApp({"ok": True})
+    mw = PromptMiddleware(capture, registry=InMemoryRegistry([text_prompt("greet", "hi")]))
     headers = [(b"content-type", b"application/json"), (b"content-length", length)]
 
     async def run() -> SendLog:
