@@ -263,6 +263,8 @@ def _convert_tool(tool: Any, api: Api) -> Any:
     if not _is_foreign_tool(tool, api):
         return tool
     kind = tool.get("type")
+    if kind is None:  # not a tool either API knows: passed on as written
+        return tool
     if kind not in _NESTED_TOOL_TYPES:
         return None
     if api == "chat":
