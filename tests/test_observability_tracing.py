@@ -189,7 +189,8 @@ async def test_client_traceparent_is_continued(
         )
     rewrite = await _one(spans, SpanKind.INTERNAL)
     assert rewrite.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
-    assert rewrite.parent is not None and rewrite.parent.span_id == 0xB7AD6B7169203331
+    assert rewrite.parent is not None
+    assert rewrite.parent.span_id == 0xB7AD6B7169203331
     forwarded = fake.seen[0].headers["traceparent"]
     assert forwarded != incoming
     assert forwarded.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
@@ -223,7 +224,7 @@ async def test_stream_usage_asked_for_and_taken_back_out(
 async def test_stream_with_the_clients_own_usage_option(
     spans: InMemorySpanExporter, gateway: tuple[FakeOpenAI, str]
 ) -> None:
-    fake, url = gateway
+    _fake, url = gateway
     body = {
         "model": "m",
         "prompt_id": NAME,
