@@ -118,7 +118,7 @@ def enable(
         metrics = metrics_available()
     if tracing is None:
         tracing = tracing_available()
-    built_metrics = _metrics(registry, prompt_labels) if metrics else None
+    built_metrics = _build_metrics(registry, prompt_labels) if metrics else None
     built_tracing = None
     if tracing:
         try:
@@ -140,7 +140,7 @@ def disable() -> None:
     active = None
 
 
-def _metrics(registry: CollectorRegistry | None, prompt_labels: bool) -> Metrics:
+def _build_metrics(registry: CollectorRegistry | None, prompt_labels: bool) -> Metrics:
     try:
         import prometheus_client
 
