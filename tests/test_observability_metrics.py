@@ -1,4 +1,4 @@
-"""Prometheus series after real traffic: one process, and several sharing PROMETHEUS_MULTIPROC_DIR."""
+"""Prometheus series after real traffic: in one process, and in several sharing a directory."""
 
 from __future__ import annotations
 
