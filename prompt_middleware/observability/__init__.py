@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -36,6 +38,7 @@ from .access import ACCESS_LOGGER, JsonFormatter, configure_logging, log_access
 from .usage import MAX_JSON_BODY, SSEUsage, Usage, ask_for_usage, usage_from_json
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
     from prometheus_client import CollectorRegistry
 
     from ._metrics import Metrics, MetricsApp
@@ -173,7 +176,7 @@ def metrics_app(registry: CollectorRegistry | None = None) -> MetricsApp:
     return MetricsApp(prometheus_client.REGISTRY if registry is None else registry)
 
 
-def prepare_multiprocess(directory: Any = None) -> Any:
+def prepare_multiprocess(directory: str | os.PathLike[str] | None = None) -> Path:
     """Set up `PROMETHEUS_MULTIPROC_DIR` for several worker processes; see `_metrics`."""
     from ._metrics import prepare_multiprocess as prepare
 
@@ -181,8 +184,11 @@ def prepare_multiprocess(directory: Any = None) -> Any:
 
 
 def otlp_tracer_provider(
-    endpoint: str | None = None, headers: Any = None, *, service_name: str = "prompt-middleware"
-) -> Any:
+    endpoint: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    service_name: str = "prompt-middleware",
+) -> SDKTracerProvider:
     """A `TracerProvider` exporting over OTLP/HTTP (the `otel-export` extra); see `_tracing`."""
     from ._tracing import otlp_tracer_provider as build
 

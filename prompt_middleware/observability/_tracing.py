@@ -7,11 +7,14 @@ gateway uses (the `otel-export` extra) to send spans to Langfuse or any OTLP/HTT
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 
 __all__ = [
     "Tracing",
@@ -123,7 +126,7 @@ def otlp_tracer_provider(
     headers: Mapping[str, str] | None = None,
     *,
     service_name: str = "prompt-middleware",
-) -> trace.TracerProvider:
+) -> SDKTracerProvider:
     """A tracer provider that batches spans to an OTLP/HTTP endpoint (the `otel-export` extra).
 
     `endpoint` is the full traces URL, e.g. Langfuse's `https://cloud.langfuse.com/api/public/
