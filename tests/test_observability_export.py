@@ -20,7 +20,7 @@ from prompt_middleware.registries.memory import InMemoryRegistry
 from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import OTEL_TRACES_PATH, FakeLangfuse
-from .fake_openai import FakeOpenAI
+from .fake_openai import INPUT_TOKENS, OUTPUT_TOKENS, FakeOpenAI
 from .servers import running_server
 
 pytestmark = pytest.mark.anyio
@@ -73,6 +73,41 @@ async def test_spans_reach_langfuse_linked_to_the_prompt(
     assert attributes["langfuse.observation.prompt.version"] == 4  # int_value
     assert attributes["gen_ai.prompt.name"] == NAME
     assert attributes["gen_ai.prompt.version"] == "4"
+
+
+async def test_gateway_setup_sends_each_call_as_a_linked_generation(
+    served: tuple[FakeLangfuse, str], clean_fake: FakeLangfuse
+) -> None:
+    _, url = served
+    clean_fake.project("pk-lf-2", "sk-lf-2")
+    endpoint, headers = observability.langfuse_otlp(url + "/", "pk-lf-2", "sk-lf-2")
+    assert endpoint == url + OTEL_TRACES_PATH
+    observer = observability.configure_gateway(otlp_endpoint=endpoint, otlp_headers=headers)
+    assert observer.metrics is not None
+    assert observer.tracing is not None
+    try:
+        with running_server(FakeOpenAI()) as upstream:
+            app = PromptMiddleware(UpstreamProxy(upstream + "/v1"), _registry())
+            async with asgi_client(app) as client:
+                body = {"model": "gpt-4o-mini", "prompt_id": NAME, "stream": True}
+                response = await client.post("/v1/chat/completions", json=body)
+                assert response.status_code == 200
+    finally:
+        observability.disable()
+        await observer.shutdown()
+    spans = []
+    for export in clean_fake.otel:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(export.body)
+        spans += [s for r in request.resource_spans for scope in r.scope_spans for s in scope.spans]
+    by_name = {span.name: _attributes(span) for span in spans}
+    generation = by_name["chat gpt-4o-mini"]
+    assert generation["gen_ai.request.model"] == "gpt-4o-mini"
+    assert generation["gen_ai.usage.input_tokens"] == INPUT_TOKENS
+    assert generation["gen_ai.usage.output_tokens"] == OUTPUT_TOKENS
+    assert generation["langfuse.observation.prompt.name"] == NAME
+    assert generation["langfuse.observation.prompt.version"] == 4
+    assert by_name[f"rewrite {NAME}"]["prompt_middleware.outcome"] == "rewritten"
 
 
 async def test_wrong_keys_are_refused_by_the_fake(

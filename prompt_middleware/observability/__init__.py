@@ -50,10 +50,12 @@ __all__ = [
     "Observer",
     "UpstreamCall",
     "active",
+    "configure_gateway",
     "configure_logging",
     "disable",
     "enable",
     "fetch_timer",
+    "langfuse_otlp",
     "metrics_app",
     "metrics_available",
     "otlp_tracer_provider",
@@ -135,6 +137,46 @@ def enable(
         built_metrics, built_tracing, access_log=access_log, stream_usage=stream_usage
     )
     return active
+
+
+OTLP_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def configure_gateway(
+    *,
+    prompt_labels: bool = False,
+    otlp_endpoint: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    metrics: bool | None = None,
+    access_log: bool = True,
+) -> Observer:
+    """What the gateway does in each worker process, from its `metrics` and `tracing` config.
+
+    Metrics when prometheus_client is installed (`metrics=True`: required). Spans only when an
+    OTLP endpoint is configured here or in `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`, exported
+    over OTLP/HTTP in batches (needs the otel-export extra; its absence is a RuntimeError
+    naming it). Call `await observer.shutdown()` at shutdown so the last spans are sent.
+    """
+    provider = None
+    if otlp_endpoint or any(os.environ.get(name) for name in OTLP_ENV):
+        provider = otlp_tracer_provider(otlp_endpoint, otlp_headers)
+    observer = enable(
+        metrics=metrics,
+        tracing=provider is not None,
+        access_log=access_log,
+        prompt_labels=prompt_labels,
+        tracer_provider=provider,
+    )
+    observer.owned_provider = provider
+    return observer
+
+
+def langfuse_otlp(host: str, public_key: str, secret_key: str) -> tuple[str, dict[str, str]]:
+    """Langfuse's OTLP traces endpoint and the Basic auth header for a project's keys."""
+    import base64
+
+    token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
+    return f"{host.rstrip('/')}/api/public/otel/v1/traces", {"Authorization": f"Basic {token}"}
 
 
 def disable() -> None:
@@ -308,6 +350,16 @@ class Observer:
         self.tracing = tracing
         self.access_log = access_log
         self.stream_usage = stream_usage
+        self.owned_provider: Any = None  # a TracerProvider `configure_gateway` made for us
+
+    async def shutdown(self) -> None:
+        """Send the spans still queued and stop the exporter `configure_gateway` started."""
+        provider, self.owned_provider = self.owned_provider, None
+        if provider is not None:
+            import anyio.to_thread
+
+            # Blocking: it joins the export thread, which may be sending.
+            await anyio.to_thread.run_sync(provider.shutdown)
 
     async def guard(
         self,
@@ -323,7 +375,9 @@ class Observer:
         state: dict[str, Any] = scope["state"]
         span = token = None
         if self.tracing is not None:
-            span, token = self.tracing.start_request(scope["headers"])
+            started = self.tracing.start_request(scope["headers"])
+            if started is not None:
+                span, token = started
 
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -351,13 +405,15 @@ class Observer:
         else:
             outcome = "rewritten" if prompt is not None else "passed"
         identity = None if prompt is None else (prompt.name, prompt.version, label)
-        if self.metrics is not None:
+        metrics = self.metrics
+        if metrics is not None:
             endpoint = _endpoint(scope["path"])
-            if self.metrics.prompt_labels:
+            if metrics.prompt_labels:
                 name, version = ("", "") if prompt is None else (prompt.name, str(prompt.version))
-                self.metrics.rewrites.labels(endpoint, outcome, name, version, label or "").inc()
+                values: tuple[str, ...] = (endpoint, outcome, name, version, label or "")
             else:
-                self.metrics.rewrites.labels(endpoint, outcome).inc()
+                values = (endpoint, outcome)
+            metrics.child(metrics.rewrites, *values).inc()
         if span is not None and self.tracing is not None:
             self.tracing.end_request(
                 span, token, prompt=identity, outcome=outcome, cache=record.cache, error=error
@@ -382,7 +438,7 @@ class Observer:
     def cache_lookup(self, result: str) -> None:
         """One prompt cache lookup: hit, stale, miss or negative_hit."""
         if self.metrics is not None:
-            self.metrics.cache_lookups.labels(result).inc()
+            self.metrics.child(self.metrics.cache_lookups, result).inc()
         record = _request.get()
         if record is not None:
             record.cache = result
@@ -450,9 +506,12 @@ class UpstreamCall:
             return
         path: str = scope["path"]
         operation = next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), None)
+        span = tracing.start_upstream(operation)
+        if not span.is_recording():  # no SDK, or sampled out: no need to read or ask anything
+            return
+        self.span = span
         if body is not None and operation is not None:
-            data = usage_from_json(body)
-            self.request_model = data.model
+            self.request_model = usage_from_json(body).model
             if observer.stream_usage and path.endswith("/chat/completions"):
                 asked = ask_for_usage(body)
                 if asked is not None:
@@ -463,11 +522,13 @@ class UpstreamCall:
             attributes["gen_ai.provider.name"] = "openai"
         if self.request_model is not None:
             attributes["gen_ai.request.model"] = self.request_model
+            if operation is not None:
+                span.update_name(f"{operation} {self.request_model}")
         if self._prompt is not None:
             from ._tracing import prompt_attributes
 
             attributes.update(prompt_attributes(*self._prompt))
-        self.span = tracing.start_upstream(operation, self.request_model, attributes)
+        span.set_attributes(attributes)
 
     def prepare(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Edit the headers to forward in place: our `traceparent` replaces the client's."""
@@ -515,17 +576,13 @@ class UpstreamCall:
         seconds = time.perf_counter() - self._start
         status = None if error is not None and self._status is None else self._status
         observer = self._observer
-        if observer.metrics is not None:
-            status_class = _status_class(status)
-            if observer.metrics.prompt_labels:
+        metrics = observer.metrics
+        if metrics is not None:
+            values: tuple[str, ...] = (self._upstream, _status_class(status))
+            if metrics.prompt_labels:
                 name, version, label = ("", "", "") if self._prompt is None else self._prompt
-                observer.metrics.upstream_duration.labels(
-                    self._upstream, status_class, name, str(version), label or ""
-                ).observe(seconds)
-            else:
-                observer.metrics.upstream_duration.labels(self._upstream, status_class).observe(
-                    seconds
-                )
+                values = (*values, name, str(version), label or "")
+            metrics.child(metrics.upstream_duration, *values).observe(seconds)
         record = _request.get()
         if record is not None:
             record.upstream_seconds = seconds

@@ -31,6 +31,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, *, prompt_labels: bool = False) -> None:
         self.registry = registry
         self.prompt_labels = prompt_labels
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         extra = PROMPT_LABELS if prompt_labels else ()
         self.rewrites = Counter(
             f"{PREFIX}_rewrites",
@@ -78,6 +79,14 @@ class Metrics:
             buckets=UPSTREAM_BUCKETS,
             registry=registry,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: prometheus_client checks and locks per call."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def unregister(self) -> None:
         for collector in (

@@ -22,7 +22,7 @@ __all__ = [
     "prompt_attributes",
 ]
 
-TRACER_NAME = "prompt_middleware"
+_PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})
 
 
 def prompt_attributes(name: str, version: int, label: str | None) -> dict[str, Any]:
@@ -49,22 +49,26 @@ class Tracing:
         provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         self.tracer = provider.get_tracer(package)
 
-    def start_request(self, headers: list[tuple[bytes, bytes]]) -> tuple[Span, object]:
-        """The span around one guarded request, made current; returns (span, token to detach).
+    def start_request(self, headers: list[tuple[bytes, bytes]]) -> tuple[Span, object] | None:
+        """The span around one guarded request, made current; returns (span, token to detach),
+        or None when spans are not recorded (no SDK, or sampled out): nothing more to do.
 
         With no span current (no server instrumentation), an incoming `traceparent` is its
         parent, so a client's trace continues through the gateway.
         """
         parent = None
         if not trace.get_current_span().get_span_context().is_valid:
+            # ASGI header names are lower-case.
             carrier = {
-                name.decode("latin-1").lower(): value.decode("latin-1")
+                name.decode("latin-1"): value.decode("latin-1")
                 for name, value in headers
-                if name.lower() in (b"traceparent", b"tracestate", b"baggage")
+                if name in _PROPAGATED
             }
             if carrier:
                 parent = propagate.extract(carrier)
         span = self.tracer.start_span("rewrite", context=parent, kind=SpanKind.INTERNAL)
+        if not span.is_recording():
+            return None
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         return span, token
 
@@ -79,21 +83,20 @@ class Tracing:
         error: BaseException | None,
     ) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
+        attributes = {} if prompt is None else prompt_attributes(*prompt)
+        attributes["prompt_middleware.outcome"] = outcome
+        if cache is not None:
+            attributes["prompt_middleware.cache.result"] = cache
         if prompt is not None:
             span.update_name(f"rewrite {prompt[0]}")
-            span.set_attributes(prompt_attributes(*prompt))
-        span.set_attribute("prompt_middleware.outcome", outcome)
-        if cache is not None:
-            span.set_attribute("prompt_middleware.cache.result", cache)
+        span.set_attributes(attributes)  # at once: the SDK locks and checks per call
         if error is not None:
             _record_error(span, error, outcome)
         span.end()
 
-    def start_upstream(
-        self, operation: str | None, model: str | None, attributes: Mapping[str, Any]
-    ) -> Span:
-        name = f"{operation} {model}" if operation and model else operation or "upstream"
-        return self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+    def start_upstream(self, operation: str | None) -> Span:
+        """The client span of one upstream call (named `{operation} {model}` once known)."""
+        return self.tracer.start_span(operation or "upstream", kind=SpanKind.CLIENT)
 
     @staticmethod
     def inject(span: Span) -> list[tuple[bytes, bytes]]:
