@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..core._json import dump_json, load_object
+from ..core._json import draft_object, dump_json, exact_object
 
 __all__ = ["MAX_JSON_BODY", "SSEUsage", "Usage", "ask_for_usage", "usage_from_json"]
 
@@ -74,7 +74,7 @@ def usage_from_json(body: bytes) -> Usage:
     """The usage of a non-streaming response body (empty if it is not a JSON object)."""
     usage = Usage()
     try:
-        data = load_object(body, frozenset())
+        data = _read_object(body)
     except Exception:  # not ours to judge: the client gets the body as it is
         return usage
     if data is not None:
@@ -89,7 +89,7 @@ def ask_for_usage(body: bytes) -> bytes | None:
     if b'"stream"' not in body:
         return None
     try:
-        data = load_object(body, frozenset())
+        data = _read_object(body)
     except Exception:
         return None
     if data is None or data.get("stream") is not True:
@@ -102,6 +102,11 @@ def ask_for_usage(body: bytes) -> bytes | None:
     else:
         return None
     return dump_json(data)
+
+
+def _read_object(body: bytes) -> dict[str, Any] | None:
+    """`body` as the json module reads a JSON object, else None (the middleware's reading)."""
+    return exact_object(body, draft_object(body), frozenset())
 
 
 class SSEUsage:
