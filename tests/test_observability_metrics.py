@@ -305,3 +305,14 @@ def test_uvicorn_with_two_workers(tmp_path: Path) -> None:
     pids = {path.stem.rsplit("_", 1)[-1] for path in directory.glob("counter_*.db")}
     assert 1 <= len(pids) <= 2
     assert misses == len(pids)  # one cache per worker, one miss each
+
+
+async def test_upstream_failure_has_status_class_error(registry: CollectorRegistry) -> None:
+    proxy = UpstreamProxy(f"http://127.0.0.1:{free_port()}")
+    app = _with_metrics(PromptMiddleware(proxy, _registry()), registry)
+    async with asgi_client(app) as client:
+        response = await client.post("/v1/chat/completions", json={"prompt_id": NAME})
+        assert response.status_code == 502
+        text = (await client.get("/metrics")).text
+    upstream_count = "prompt_middleware_upstream_request_duration_seconds_count"
+    assert value(text, upstream_count, upstream="127.0.0.1", status_class="error") == 1

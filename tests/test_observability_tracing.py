@@ -22,7 +22,7 @@ from prompt_middleware.registries.memory import InMemoryRegistry
 from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_openai import INPUT_TOKENS, OUTPUT_TOKENS, RESPONSE_MODEL, FakeOpenAI, stream
-from .servers import running_server
+from .servers import free_port, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -263,3 +263,16 @@ async def test_no_spans_and_nothing_added_while_disabled(
     assert "stream_options" not in fake.seen[0].body
     assert "traceparent" not in fake.seen[0].headers
     assert received == b"".join(stream(include_usage=False))
+
+
+async def test_upstream_failure_is_recorded(spans: InMemorySpanExporter) -> None:
+    app = PromptMiddleware(UpstreamProxy(f"http://127.0.0.1:{free_port()}/v1"), _registry())
+    async with asgi_client(app) as client:
+        response = await client.post("/v1/chat/completions", json={"prompt_id": NAME})
+    assert response.status_code == 502
+    client_span = await _one(spans, SpanKind.CLIENT)
+    assert client_span.status.status_code == StatusCode.ERROR
+    assert _attrs(client_span)["error.type"] == "ConnectError"
+    assert "http.response.status_code" not in _attrs(client_span)
+    rewrite = await _one(spans, SpanKind.INTERNAL)
+    assert _attrs(rewrite)["prompt_middleware.outcome"] == "rewritten"  # the rewrite itself did
