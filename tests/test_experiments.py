@@ -9,8 +9,10 @@ from collections import Counter
 
 import pytest
 
+from prompt_middleware.core.errors import PromptNotFound
 from prompt_middleware.core.experiments import (
     Experiment,
+    check_experiments,
     choose_label,
     experiment_refs,
     parse_experiments,
@@ -20,6 +22,8 @@ from prompt_middleware.core.prompts import Prompt, PromptRef
 from prompt_middleware.middleware import PromptMiddleware
 from prompt_middleware.registries.memory import InMemoryRegistry
 from prompt_middleware.testing import CaptureApp, asgi_client
+
+pytestmark = pytest.mark.anyio
 
 NAME = "support/triage"
 EXPERIMENTS = parse_experiments(
@@ -131,9 +135,6 @@ def _registry() -> InMemoryRegistry:
     )
 
 
-pytestmark = pytest.mark.anyio
-
-
 async def test_middleware_applies_the_experiment() -> None:
     capture = CaptureApp()
     app = PromptMiddleware(capture, _registry(), experiments=EXPERIMENTS)
@@ -203,3 +204,19 @@ async def test_sticky_header_through_the_middleware() -> None:
                 headers={"x-prompt-sticky-key": key},
             )
             assert response.headers["x-prompt-label"] == choose_label(NAME, experiments, key)
+
+
+async def test_check_experiments_names_missing_labels() -> None:
+    experiments = parse_experiments(
+        {
+            NAME: {"labels": {"production": 1, "candidate": 1, "canary": 1}},
+            "gone": {"labels": {"x": 1}},
+        }
+    )
+    with pytest.raises(PromptNotFound) as info:
+        await check_experiments(experiments, _registry())
+    assert info.value.message == (
+        "Experiments choose labels that no prompt version has: "
+        "'support/triage' label 'canary', 'gone' label 'x'."
+    )
+    await check_experiments(parse_experiments({NAME: {"labels": {"candidate": 1}}}), _registry())

@@ -15,13 +15,15 @@ import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from .prompts import PromptRef
+from .errors import PromptNotFound
+from .prompts import Prompt, PromptRef
 
 __all__ = [
     "STICKY_HEADER",
     "Experiment",
+    "check_experiments",
     "choose_label",
     "experiment_refs",
     "parse_experiments",
@@ -134,3 +136,24 @@ def experiment_refs(experiments: Mapping[str, Experiment]) -> list[PromptRef]:
         for label, weight in experiment.labels
         if weight > 0
     ]
+
+
+class _Registry(Protocol):
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt: ...
+
+
+async def check_experiments(experiments: Mapping[str, Experiment], registry: _Registry) -> None:
+    """Fetch every label the experiments may choose (through a cache, this preloads them);
+    `PromptNotFound` naming each label that has no prompt version, e.g. at startup."""
+    missing = []
+    for ref in experiment_refs(experiments):
+        try:
+            await registry.get_prompt(ref.name, label=ref.label)
+        except PromptNotFound:
+            missing.append(str(ref))
+    if missing:
+        raise PromptNotFound(
+            "Experiments choose labels that no prompt version has: " + ", ".join(missing) + "."
+        )
