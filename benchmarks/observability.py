@@ -17,6 +17,9 @@ and the bare app alone. Per round, the rewrite's own cost is `off - bare`; a sta
 `(state - off) / (off - bare)` to it (target: both < 10 %). The access log is off throughout
 (its cost is that of one logging call, and only when INFO is enabled for it).
 
+`--callgrind` counts instructions instead (valgrind; deterministic, immune to neighbours): per
+state, a child process runs 0 or N warm requests; the difference over N is the cost per request.
+
 "Not installed" costs the hooks' `if` checks only: the script times those three attribute checks
 (middleware, cache, upstream proxy) on their own and shows them as a share of the rewrite.
 """
@@ -25,13 +28,24 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import anyio
 from _report import machine_info, print_machine, spread, table, write_json
-from _workload import CHAT_PATH, BareApp, body_for, http_scope, make_middleware
+from _workload import (
+    CHAT_PATH,
+    BareApp,
+    OnceReceive,
+    body_for,
+    http_scope,
+    make_middleware,
+    sink_send,
+)
 from inprocess import calibrate, time_app
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -175,6 +189,61 @@ def run(backend: str, size: str, rounds: int, warmup: int, batch_s: float) -> di
     return out
 
 
+def callgrind_child(state: str, size: str, n: int) -> None:
+    body = body_for(size, "prompt")
+    app: Any = BareApp() if state == "bare" else make_middleware(BareApp())
+    scope = http_scope(CHAT_PATH, len(body))
+    if state != "bare":
+        setters()[state]()
+
+    async def main() -> None:
+        for k in (20, n):  # warm-up, then what is counted
+            for _ in range(k):
+                await app(scope, OnceReceive(body), sink_send)
+
+    anyio.run(main)
+
+
+def callgrind(size: str, n: int, jobs: int) -> dict[str, float]:
+    """Instructions per request for each state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from callgrind import _COLLECTED
+
+    def count(state: str, k: int) -> int:
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        argv += [sys.executable, __file__, "--child", state, size, str(k)]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        out = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=1200, check=False
+        )
+        match = _COLLECTED.search(out.stderr)
+        if out.returncode != 0 or match is None:
+            raise RuntimeError(f"callgrind run failed ({state}):\n{out.stderr[-2000:]}")
+        return int(match.group(1))
+
+    states = ["bare", *STATES]
+    with ThreadPoolExecutor(jobs) as pool:
+        runs = {(s, k): pool.submit(count, s, k) for s in states for k in (0, n)}
+    return {s: (runs[s, n].result() - runs[s, 0].result()) / n for s in states}
+
+
+def report_callgrind(per_request: dict[str, float]) -> None:
+    rewrite = per_request["off"] - per_request["bare"]
+    rows = [
+        [
+            state,
+            f"{per_request[state]:,.0f}",
+            "-"
+            if state in ("bare", "off")
+            else f"{(per_request[state] - per_request['off']) / rewrite * 100:+.1f} %",
+        ]
+        for state in ("bare", *STATES)
+    ]
+    print("\n## Instructions per request (callgrind)\n")
+    print(table(["state", "instructions", "added to the rewrite"], rows))
+
+
 def report(results: list[dict[str, Any]]) -> None:
     rows = []
     for res in results:
@@ -238,7 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="asyncio,trio")
     parser.add_argument("--size", default="typical")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    parser.add_argument("-n", type=int, default=300, help="requests per callgrind run")
+    parser.add_argument("--jobs", type=int, default=2, help="valgrind processes at once")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        callgrind_child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    if args.callgrind:
+        info = machine_info()
+        print_machine(info)
+        print(f"# callgrind, {args.n} requests per run, body {args.size}, asyncio")
+        per_request = callgrind(args.size, args.n, args.jobs)
+        report_callgrind(per_request)
+        write_json(args.json, {"machine": info, "args": vars(args), "instructions": per_request})
+        return 0
     info = machine_info()
     print_machine(info)
     print(f"# {args.rounds} rounds (+{args.warmup}) per state, body {args.size}, thread_time")
