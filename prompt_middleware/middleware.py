@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import replace
 from functools import lru_cache, partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -12,10 +13,12 @@ from urllib.parse import quote
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import observability
 from ._asgi import replay, send_error
 from .core.encoding import content_coding, decodable, decode_body
-from .core.errors import PromptMiddlewareError, RequestTooLarge
-from .core.prompts import Prompt
+from .core.errors import PromptMiddlewareError, PromptNotFound, RequestTooLarge
+from .core.experiments import Experiment, choose_label, parse_experiments, sticky_key
+from .core.prompts import Prompt, PromptRef
 from .core.references import ModelPrompt, PromptRequest, find_prompt_request, reference_markers
 from .core.rewrite import ClientMessages, RewriteOptions, build_chat_body, build_responses_body
 from .registries.base import PromptRegistry, ensure_prompt
@@ -59,6 +62,7 @@ class PromptMiddleware:
         allow_request_credentials: bool = False,
         allowed_langfuse_hosts: Collection[str] | None = None,
         authorize: Callable[[Scope], Awaitable[object]] | None = None,
+        experiments: Mapping[str, Experiment | Mapping[str, Any]] | None = None,
     ) -> None:
         if client_messages not in ("replace", "append"):
             raise ValueError("client_messages must be 'replace' or 'append'")
@@ -84,6 +88,7 @@ class PromptMiddleware:
             _tenant_pool(registry, allowed_langfuse_hosts) if allow_request_credentials else None
         )
         self.authorize = authorize
+        self.experiments = parse_experiments(experiments)
 
     @property
     def model_prompts(self) -> Mapping[str, ModelPrompt]:
@@ -93,7 +98,10 @@ class PromptMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
             if self.authorize is None or await _authorized(self.authorize, scope, send):
-                await self._handle(scope, receive, send)
+                if observability.active is None:
+                    await self._handle(scope, receive, send)
+                else:
+                    await observability.active.guard(self._handle, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._pass_lifespan(scope, receive, send)
         else:
@@ -135,18 +143,21 @@ class PromptMiddleware:
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
             decoded = decode_body(body, coding, limit)
         except PromptMiddlewareError as exc:
+            observability.record_error(exc)
             await send_error(send, exc)
             return
 
-        rewritten: tuple[bytes, Prompt] | None = None
+        rewritten: tuple[bytes, Prompt, str | None] | None = None
         if any(marker.search(decoded) for marker in self._markers):  # else it has no reference
             try:
-                rewritten = await self._rewrite(decoded, scope["path"].endswith(RESPONSES_SUFFIX))
+                rewritten = await self._rewrite(decoded, scope)
             except PromptMiddlewareError as exc:
+                observability.record_error(exc)
                 await send_error(send, exc)
                 return
-            except Exception:
+            except Exception as exc:
                 logger.exception("unexpected error while resolving a prompt")
+                observability.record_error(exc)
                 await send_error(
                     send, PromptMiddlewareError("Internal error resolving the prompt.")
                 )
@@ -155,14 +166,16 @@ class PromptMiddleware:
         if rewritten is None:  # the original bytes and headers, compressed or not
             await self.app(scope, replay(body, receive), send)
             return
-        new_body, prompt = rewritten
+        new_body, prompt, label = rewritten
         kept.append((b"content-length", str(len(new_body)).encode("ascii")))
         inner_scope = dict(scope)
         inner_scope["headers"] = kept
         state = scope.get("state")
         inner_scope["state"] = state = {} if state is None else state
         state["prompt"] = prompt
-        await self.app(inner_scope, replay(new_body, receive), _with_prompt_headers(send, prompt))
+        state["prompt_label"] = label
+        send = _with_prompt_headers(send, prompt, label)
+        await self.app(inner_scope, replay(new_body, receive), send)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         limit = self.max_body_size
@@ -181,16 +194,45 @@ class PromptMiddleware:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _rewrite(self, body: bytes, responses: bool) -> tuple[bytes, Prompt] | None:
+    async def _rewrite(self, body: bytes, scope: Scope) -> tuple[bytes, Prompt, str | None] | None:
+        """The body to forward, the prompt, and the label that chose it (None: by version)."""
         found = find_prompt_request(
             body, self._model_prompts, allow_credentials=self.allow_request_credentials
         )
         if found is None:
             return None
         data, request = found
-        prompt = await self._resolve(request)
-        build = build_responses_body if responses else build_chat_body
-        return build(data, request, prompt, self.options), prompt
+        ref = request.ref
+        chosen = None
+        if self.experiments and ref.version is None and ref.label is None:
+            request, chosen = self._experiment(request, data, scope)
+        try:
+            prompt = await self._resolve(request)
+        except PromptNotFound as exc:
+            if chosen is None:
+                raise
+            raise PromptNotFound(
+                f"Prompt {request.ref} not found: experiment {ref.name!r} chose label"
+                f" {chosen!r}, which no version of the prompt has.",
+                param="prompt_id",
+            ) from exc
+        build = (
+            build_responses_body if scope["path"].endswith(RESPONSES_SUFFIX) else build_chat_body
+        )
+        return build(data, request, prompt, self.options), prompt, request.ref.effective_label
+
+    def _experiment(
+        self, request: PromptRequest, data: Mapping[str, Any], scope: Scope
+    ) -> tuple[PromptRequest, str | None]:
+        """`request` with the label its prompt's experiment chooses, and that label (None and
+        `request` unchanged when no experiment covers the prompt)."""
+        name = request.ref.name
+        experiment = self.experiments.get(name)
+        if experiment is None:
+            return request, None
+        key = sticky_key(experiment, data, scope["headers"])
+        label = choose_label(name, self.experiments, key)
+        return replace(request, ref=PromptRef(name, label=label)), label
 
     async def _resolve(self, request: PromptRequest) -> Prompt:
         """Ask the one registry that serves this request (its tenant's, if it sent keys)."""
@@ -257,8 +299,8 @@ async def _authorized(
     return True
 
 
-def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
-    extra = _prompt_headers(prompt.name, prompt.version, prompt.source)
+def _with_prompt_headers(send: Send, prompt: Prompt, label: str | None) -> Send:
+    extra = _prompt_headers(prompt.name, prompt.version, prompt.source, label)
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -270,12 +312,14 @@ def _with_prompt_headers(send: Send, prompt: Prompt) -> Send:
 
 @lru_cache(maxsize=1024)
 def _prompt_headers(
-    name: str, version: int, source: str | None = None
+    name: str, version: int, source: str | None = None, label: str | None = None
 ) -> tuple[tuple[bytes, bytes], ...]:
     headers: tuple[tuple[bytes, bytes], ...] = (
         (b"x-prompt-name", _name_header(name)),
         (b"x-prompt-version", str(version).encode("ascii")),
     )
+    if label is not None:  # the version was chosen by this label (asked for, default, experiment)
+        headers += ((b"x-prompt-label", _name_header(label)),)
     if source is not None:  # e.g. "fallback": served by a FallbackRegistry's second source
         headers += ((b"x-prompt-source", source.encode("ascii", "replace")),)
     return headers

@@ -41,15 +41,23 @@ from typing import Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from prompt_middleware._asgi import answer_lifespan
+from prompt_middleware._asgi import answer_lifespan, read_body
 
 from .servers import running_server
 
-__all__ = ["PROMPTS_PATH", "FakeLangfuse", "SeenRequest", "running_fake"]
+__all__ = [
+    "OTEL_TRACES_PATH",
+    "PROMPTS_PATH",
+    "FakeLangfuse",
+    "OtelExport",
+    "SeenRequest",
+    "running_fake",
+]
 
 PROMPTS_PATH = "/api/public/v2/prompts/"
 LIST_PATH = "/api/public/v2/prompts"
 PROJECTS_PATH = "/api/public/projects"
+OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 _TIMESTAMP = "2025-01-01T00:00:00.000Z"
 
 
@@ -73,6 +81,15 @@ class SeenRequest:
         return urllib.parse.unquote(self.raw_path[len(PROMPTS_PATH) :])
 
 
+@dataclass(frozen=True)
+class OtelExport:
+    """One OTLP/HTTP export received at `OTEL_TRACES_PATH` (from a project's keys)."""
+
+    public_key: str
+    content_type: str
+    body: bytes
+
+
 @dataclass
 class Fault:
     status: int
@@ -86,6 +103,7 @@ class FakeLangfuse:
     def __init__(self) -> None:
         self.projects: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
         self.requests: list[SeenRequest] = []
+        self.otel: list[OtelExport] = []  # OTLP trace exports, oldest first
         self.delay = 0.0
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -165,6 +183,7 @@ class FakeLangfuse:
         with self._lock:
             self.projects.clear()
             self.requests.clear()
+            self.otel.clear()
             self._faults.clear()
             self.delay = 0.0
         self.release()
@@ -180,7 +199,10 @@ class FakeLangfuse:
             await answer_lifespan(receive, send)
             return
         assert scope["type"] == "http"
-        status, headers, body = await self._respond(scope)
+        if scope["path"] == OTEL_TRACES_PATH and scope["method"] == "POST":
+            status, headers, body = await self._ingest_otel(scope, receive)
+        else:
+            status, headers, body = await self._respond(scope)
         await send(
             {
                 "type": "http.response.start",
@@ -217,6 +239,19 @@ class FakeLangfuse:
             body = fault.body if fault.body is not None else _error("InternalServerError", "fault")
             return fault.status, {"content-type": "application/json", **fault.headers}, _json(body)
         return self._serve(scope["method"], raw_path.decode("ascii"), scope, credentials)
+
+    async def _ingest_otel(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Langfuse's OTLP/HTTP endpoint: Basic auth with a project's keys, protobuf or JSON."""
+        header_map = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await read_body(receive) or b""
+        credentials = _basic_credentials(header_map.get("authorization"))
+        if credentials is None or credentials not in self.projects:
+            return 401, {"content-type": "application/json"}, _json(_error("Unauthorized", "no"))
+        content_type = header_map.get("content-type", "")
+        self.otel.append(OtelExport(credentials[0], content_type, body))
+        return 200, {"content-type": content_type or "application/x-protobuf"}, b""
 
     def _serve(
         self, method: str, raw_path: str, scope: Scope, credentials: tuple[str, str] | None

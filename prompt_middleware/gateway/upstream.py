@@ -19,6 +19,7 @@ import anyio
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from .. import observability
 from .._asgi import send_json
 from ..core.errors import error_body
 
@@ -212,6 +213,11 @@ class UpstreamProxy:
         else:
             content = first.get("body", b"")
             body_read.set()
+        call = None
+        if observability.active is not None:
+            call = observability.active.upstream(self, scope, _bytes_or_none(content))
+            content = content if call.body is None else call.body
+            call.prepare(headers)
         request = httpx.Request(
             scope["method"],
             self._target_url(scope),
@@ -219,7 +225,7 @@ class UpstreamProxy:
             content=content,
             extensions=self._extensions,
         )
-        exchange = _Exchange(send)
+        exchange = _Exchange(send, call)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_disconnect, receive, body_read, exchange, tg.cancel_scope)
             try:
@@ -228,6 +234,8 @@ class UpstreamProxy:
                 exchange.broken = exc
             exchange.finished = True
             tg.cancel_scope.cancel()
+        if call is not None:
+            call.end(exchange.error or exchange.broken)
         if exchange.disconnected:
             logger.info(
                 "client disconnected, upstream %s %s closed", request.method, _path(request)
@@ -245,6 +253,7 @@ class UpstreamProxy:
             try:
                 response = await self._get_client().send(request, stream=True)
             except httpx.TransportError as exc:
+                exchange.error = exc
                 _log_failure(request, exc, started=False)
                 await exchange.send_error(_failure(exc))
                 return
@@ -256,6 +265,7 @@ class UpstreamProxy:
             try:
                 await exchange.pump(response)
             except httpx.TransportError as exc:
+                exchange.error = exc
                 _log_failure(request, exc, started=True)
                 await exchange.end_broken(exc)
         except _ClientGone:
@@ -323,8 +333,10 @@ class _RequestBody:
 class _Exchange:
     """Our side of the client's response: what has been sent, how it ended."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, call: observability.UpstreamCall | None = None) -> None:
         self._send = send
+        self.call = call
+        self.error: Exception | None = None
         self.finished = False
         self.disconnected = False
         self.broken: Exception | None = None
@@ -354,6 +366,8 @@ class _Exchange:
         encoding = response.headers.get("content-encoding", "identity").lower()
         content_type = response.headers.get("content-type", "").lower()
         self._sse = content_type.startswith("text/event-stream") and encoding == "identity"
+        if self.call is not None:
+            self.call.response_start(response.status_code, response.headers)
         await self.send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
@@ -361,9 +375,12 @@ class _Exchange:
     async def pump(self, response: httpx.Response) -> None:
         async for raw in _raw_chunks(response):
             chunk = self._complete_events(raw) if self._sse else raw
+            if self.call is not None:
+                chunk = self.call.chunk(chunk)
             if chunk:
                 await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await self.send({"type": "http.response.body", "body": self._held, "more_body": False})
+        tail = self._held if self.call is None else self.call.chunk(self._held, last=True)
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _complete_events(self, chunk: bytes) -> bytes:
         # Hold back a trailing partial event, so that if the upstream fails mid-stream the error
@@ -396,6 +413,10 @@ async def _watch_disconnect(
                 exchange.disconnected = True
                 scope.cancel()
             return
+
+
+def _bytes_or_none(content: bytes | _RequestBody) -> bytes | None:
+    return content if isinstance(content, bytes) else None
 
 
 def _raw_chunks(response: httpx.Response) -> AsyncIterable[bytes]:

@@ -34,6 +34,7 @@ import anyio
 import anyio.abc
 from cachetools import LRUCache
 
+from .. import observability
 from ..core.errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .base import PromptRegistry, ensure_prompt
@@ -217,16 +218,23 @@ class CachedRegistry:
             now = self._clock()
             if now < entry.fresh_until:
                 self._hits += 1
+                if observability.active is not None:
+                    hit = isinstance(entry.value, Prompt)
+                    observability.active.cache_lookup("hit" if hit else "negative_hit")
                 if isinstance(entry.value, Prompt):
                     return entry.value
                 raise entry.value.with_traceback(None)
             if isinstance(entry.value, Prompt) and now < entry.stale_until:
                 self._stale_served += 1
+                if observability.active is not None:
+                    observability.active.cache_lookup("stale")
                 if now >= entry.retry_at and key not in self._inflight:
                     self._refreshes += 1
                     self._start_fetch(key, registry)
                 return entry.value
         self._misses += 1
+        if observability.active is not None:
+            observability.active.cache_lookup("miss")
         flight = self._inflight.get(key) or self._start_fetch(key, registry)
         await flight.done.wait()
         if isinstance(flight.result, Prompt):
@@ -272,6 +280,7 @@ class CachedRegistry:
             return (tenants is None or key[0] in tenants) and (name is None or key[1] == name)
 
         dropped = 0
+        observability.record_invalidation(origin)
         for key in [k for k in self._entries if matches(k)]:
             del self._entries[key]
             dropped += 1
@@ -346,7 +355,7 @@ class CachedRegistry:
         try:
             with flight.scope:
                 try:
-                    with anyio.fail_after(self._fetch_timeout):
+                    with observability.fetch_timer(registry), anyio.fail_after(self._fetch_timeout):
                         prompt: object = await registry.get_prompt(
                             name, version=version, label=label
                         )

@@ -1,0 +1,152 @@
+"""OpenTelemetry spans through `opentelemetry-api` only (the `otel` extra).
+
+The SDK and an exporter are the application's choice; `otlp_tracer_provider` builds the one the
+gateway uses (the `otel-export` extra) to send spans to Langfuse or any OTLP/HTTP collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
+
+__all__ = [
+    "Tracing",
+    "otlp_tracer_provider",
+    "prompt_attributes",
+]
+
+_PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+
+def prompt_attributes(name: str, version: int, label: str | None) -> dict[str, Any]:
+    """The attributes that tie a span to a prompt version: OpenTelemetry's GenAI names, and the
+    ones Langfuse reads to link an observation to its prompt (it does not read `gen_ai.prompt.*`).
+    """
+    attributes: dict[str, Any] = {
+        "gen_ai.prompt.name": name,
+        "gen_ai.prompt.version": str(version),
+        "langfuse.observation.prompt.name": name,
+        "langfuse.observation.prompt.version": version,
+    }
+    if label is not None:
+        attributes["prompt_middleware.prompt.label"] = label
+    return attributes
+
+
+class Tracing:
+    """Starts our spans on `tracer_provider` (default: the global one)."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        from .. import __name__ as package
+
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        self.tracer = provider.get_tracer(package)
+
+    def start_request(self, headers: list[tuple[bytes, bytes]]) -> tuple[Span, object] | None:
+        """The span around one guarded request, made current; returns (span, token to detach),
+        or None when spans are not recorded (no SDK, or sampled out): nothing more to do.
+
+        With no span current (no server instrumentation), an incoming `traceparent` is its
+        parent, so a client's trace continues through the gateway.
+        """
+        parent = None
+        if not trace.get_current_span().get_span_context().is_valid:
+            # ASGI header names are lower-case.
+            carrier = {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in headers
+                if name in _PROPAGATED
+            }
+            if carrier:
+                parent = propagate.extract(carrier)
+        span = self.tracer.start_span("rewrite", context=parent, kind=SpanKind.INTERNAL)
+        if not span.is_recording():
+            return None
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, token
+
+    @staticmethod
+    def end_request(
+        span: Span,
+        token: object,
+        *,
+        prompt: tuple[str, int, str | None] | None,
+        outcome: str,
+        cache: str | None,
+        error: BaseException | None,
+    ) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+        attributes = {} if prompt is None else prompt_attributes(*prompt)
+        attributes["prompt_middleware.outcome"] = outcome
+        if cache is not None:
+            attributes["prompt_middleware.cache.result"] = cache
+        if prompt is not None:
+            span.update_name(f"rewrite {prompt[0]}")
+        span.set_attributes(attributes)  # at once: the SDK locks and checks per call
+        if error is not None:
+            _record_error(span, error, outcome)
+        span.end()
+
+    def start_upstream(self, operation: str | None) -> Span:
+        """The client span of one upstream call (named `{operation} {model}` once known)."""
+        return self.tracer.start_span(operation or "upstream", kind=SpanKind.CLIENT)
+
+    @staticmethod
+    def inject(span: Span) -> list[tuple[bytes, bytes]]:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+
+    @staticmethod
+    def end_upstream(
+        span: Span, attributes: Mapping[str, Any], error: BaseException | None, status: int | None
+    ) -> None:
+        span.set_attributes(attributes)
+        if error is not None:
+            _record_error(span, error, type(error).__name__)
+        elif status is not None and status >= 400:
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+def _record_error(span: Span, error: BaseException, kind: str) -> None:
+    span.record_exception(error)
+    span.set_attribute("error.type", kind)
+    message = getattr(error, "message", None)
+    span.set_status(Status(StatusCode.ERROR, message if isinstance(message, str) else None))
+
+
+def otlp_tracer_provider(
+    endpoint: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    service_name: str = "prompt-middleware",
+) -> SDKTracerProvider:
+    """A tracer provider that batches spans to an OTLP/HTTP endpoint (the `otel-export` extra).
+
+    `endpoint` is the full traces URL, e.g. Langfuse's `https://cloud.langfuse.com/api/public/
+    otel/v1/traces`; left out, the exporter reads the standard `OTEL_EXPORTER_OTLP_TRACES_
+    ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_HEADERS` variables.
+    """
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        raise RuntimeError(
+            "exporting spans needs the otel-export extra:"
+            " pip install 'prompt-middleware[otel-export]'"
+        ) from None
+    exporter = OTLPSpanExporter(endpoint=endpoint, headers=dict(headers) if headers else None)
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
