@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .core.errors import PromptMiddlewareError
+from .core.errors import PromptMiddlewareError, RequestTooLarge
 
 __all__ = [
     "answer_lifespan",
@@ -35,16 +35,25 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected before it was complete."""
-    chunks = []
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None if the client disconnected before it was complete.
+
+    With `limit`, `RequestTooLarge` as soon as more than `limit` bytes arrived.
+    """
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
+            chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def json_text(data: Any, **options: Any) -> str:

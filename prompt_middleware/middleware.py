@@ -14,7 +14,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import observability
-from ._asgi import replay, send_error
+from ._asgi import read_body, replay, send_error
 from .core.encoding import content_coding, decodable, decode_body
 from .core.errors import PromptMiddlewareError, PromptNotFound, RequestTooLarge
 from .core.experiments import Experiment, choose_label, parse_experiments, sticky_key
@@ -137,7 +137,7 @@ class PromptMiddleware:
         try:
             if too_large:  # refused before reading, so the client gets no 100 Continue
                 raise _too_large(limit)
-            body = await self._read_body(receive)
+            body = await read_body(receive, self.max_body_size)
             if body is None:  # the client left before the body was complete
                 return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
@@ -176,23 +176,6 @@ class PromptMiddleware:
         state["prompt_label"] = label
         send = _with_prompt_headers(send, prompt, label)
         await self.app(inner_scope, replay(new_body, receive), send)
-
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        limit = self.max_body_size
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _rewrite(self, body: bytes, scope: Scope) -> tuple[bytes, Prompt, str | None] | None:
         """The body to forward, the prompt, and the label that chose it (None: by version)."""

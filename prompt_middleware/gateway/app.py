@@ -28,10 +28,10 @@ import anyio
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._asgi import replay, route_path, send_error, send_json
+from .._asgi import read_body, replay, route_path, send_error, send_json
 from ..core._json import draft_object, dump_json, exact_object
 from ..core.encoding import content_coding, decodable, decode_body
-from ..core.errors import InvalidApiKey, PromptMiddlewareError, PromptNotFound, RequestTooLarge
+from ..core.errors import InvalidApiKey, PromptMiddlewareError, PromptNotFound
 from ..core.references import ModelPrompt
 from ..middleware import PromptMiddleware
 from ..registries.base import PromptRegistry
@@ -244,7 +244,7 @@ class GatewayApp:
             return
         limit = self.middleware.max_body_size
         try:
-            body = await _read_body(receive, limit)
+            body = await read_body(receive, limit)
             if body is None:  # the client left
                 return
             decoded = decode_body(body, coding, limit) if coding else body
@@ -351,23 +351,6 @@ def _alias_pattern(aliases: list[str]) -> re.Pattern[bytes] | None:
         return None
     texts = [re.escape(json.dumps(a, ensure_ascii=False)[1:-1].encode()) for a in aliases]
     return re.compile(b"|".join([*texts, rb"\\u", rb"\\/"]))
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk: bytes = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _without_credentials(scope: Scope) -> Scope:
