@@ -1,9 +1,10 @@
 """A real `redis-server` on a free loopback port, for the tests that need one.
 
-Import the fixture into a test module (`from .redis_fixture import redis_server`). The server
-keeps nothing on disk. `RedisServer.stop()` / `.start()` take it away and bring it back on the
-same port, for outage tests. Tests are skipped if `redis-server` is not installed
-(`scripts/test` installs it).
+Import a fixture into a test module (`from .redis_fixture import redis_server`): `redis_server`
+is one server per test, `module_redis_server` one per test module (for modules that start
+gateway processes once). The server keeps nothing on disk. `RedisServer.stop()` / `.start()`
+take it away and bring it back on the same port, for outage tests. Tests are skipped if
+`redis-server` is not installed (`scripts/test` installs it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from .servers import free_port
 
-__all__ = ["RedisServer", "redis_server"]
+__all__ = ["RedisServer", "module_redis_server", "redis_server"]
 
 
 class RedisServer:
@@ -73,8 +74,7 @@ class RedisServer:
             process.wait(10)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def _serving() -> Iterator[RedisServer]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not installed (scripts/test installs it)")
@@ -84,3 +84,14 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    yield from _serving()
+
+
+@pytest.fixture(scope="module")
+def module_redis_server() -> Iterator[RedisServer]:
+    """One server for the whole module; a test that stops it must start it again."""
+    yield from _serving()

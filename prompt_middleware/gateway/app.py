@@ -291,20 +291,45 @@ class GatewayApp:
         return alias.upstream, dump_json(data)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Lifespan passes on; once started, readiness is worked out in the background."""
+        """Lifespan passes on; once started, readiness and coherence run in the background.
+
+        They are stopped, and awaited, as soon as the server asks to shut down: before the
+        middleware closes the registries they use, and before the server hears that shutdown
+        is complete (uvicorn cancels, and logs as an error, a lifespan still running then).
+        """
         error: Exception | None = None
         async with anyio.create_task_group() as task_group:
+            background = anyio.CancelScope()
+            stopped = anyio.Event()
+            running = False
+
+            async def run_background() -> None:
+                try:
+                    with background:
+                        async with anyio.create_task_group() as tasks:
+                            if self.readiness is not None:
+                                tasks.start_soon(self.readiness.run)
+                            if self.coherence is not None:
+                                tasks.start_soon(self.coherence.run)
+                finally:
+                    stopped.set()
 
             async def started(message: Message) -> None:
+                nonlocal running
                 if message["type"] == "lifespan.startup.complete":
-                    if self.readiness is not None:
-                        task_group.start_soon(self.readiness.run)
-                    if self.coherence is not None:
-                        task_group.start_soon(self.coherence.run)
+                    running = True
+                    task_group.start_soon(run_background)
                 await send(message)
 
+            async def receiving() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown" and running:
+                    background.cancel()
+                    await stopped.wait()
+                return message
+
             try:
-                await self.middleware(scope, receive, started)
+                await self.middleware(scope, receiving, started)
             except Exception as exc:  # re-raised as itself, not in an ExceptionGroup
                 error = exc
             finally:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 from cachetools import LRUCache
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..._asgi import route_path
 from ...core.errors import PromptMiddlewareError
@@ -167,6 +167,11 @@ class Coherence:
             shared_hits=0 if self._shared is None else self._shared.hits,
             shared_misses=0 if self._shared is None else self._shared.misses,
         )
+
+    @property
+    def running(self) -> bool:
+        """Whether `run()` is going (its subscriber, poller and discovery)."""
+        return self._task_group is not None
 
     def server_scope(self) -> str:
         """The scope name other workers know the server's own prompts by."""
@@ -377,11 +382,35 @@ class CoherentApp:
         return route_path(scope) == self.webhook_path
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`coherence.run()` from startup until the server asks to shut down.
+
+        It is stopped, and awaited, before `app` hears of the shutdown: the poller and the
+        subscriber must not outlive the registries `app` closes then, nor still be running once
+        the server hears that shutdown is complete (uvicorn cancels the lifespan then).
+        """
         error: Exception | None = None
+        stopped = anyio.Event()
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self.coherence.run)
+            background = anyio.CancelScope()
+
+            async def run() -> None:
+                try:
+                    with background:
+                        await self.coherence.run()
+                finally:
+                    stopped.set()
+
+            task_group.start_soon(run)
+
+            async def receiving() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    background.cancel()
+                    await stopped.wait()
+                return message
+
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, receiving, send)
             except Exception as exc:  # re-raised bare, not inside an ExceptionGroup
                 error = exc
             finally:
