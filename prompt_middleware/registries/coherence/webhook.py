@@ -49,6 +49,7 @@ DEFAULT_TOLERANCE = 300.0
 DEFAULT_MAX_BODY_SIZE = 2**20
 PROMPT_VERSION = "prompt-version"
 _MAX_SIGNATURE_HEADER = 4096
+_REFUSAL_WARNING_INTERVAL = 60.0  # seconds: anyone can send unsigned requests, many of them
 _TOO_LARGE = b"\x00too large"  # compared by identity only
 
 
@@ -222,6 +223,8 @@ class WebhookApp:
         self._seen_before = seen_before
         self._clock = clock
         self._counts = dict.fromkeys(WebhookStats.__slots__, 0)
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -math.inf
 
     def __repr__(self) -> str:  # the secrets stay out
         return f"{type(self).__name__}(secrets=<{len(self._secrets)} redacted>)"
@@ -258,10 +261,24 @@ class WebhookApp:
         ):
             self._counts["rejected"] += 1
             observability.record_webhook("unauthorized")
-            logger.warning("Refused a webhook delivery: missing, wrong or stale signature")
+            self._log_refusal()
             await _answer(send, 401, "Invalid webhook signature.", "invalid_webhook_signature")
             return
         await self._handle(body, send)
+
+    def _log_refusal(self) -> None:
+        """A warning at most once a minute, so a flood of forged deliveries cannot flood logs."""
+        now = time.monotonic()
+        if now - self._refusal_logged_at < _REFUSAL_WARNING_INTERVAL:
+            self._refusals_unlogged += 1
+            logger.debug("Refused a webhook delivery: missing, wrong or stale signature")
+            return
+        since = self._refusals_unlogged
+        self._refusal_logged_at, self._refusals_unlogged = now, 0
+        logger.warning(
+            "Refused a webhook delivery: missing, wrong or stale signature%s",
+            f" ({since} more refused since the last warning)" if since else "",
+        )
 
     async def _handle(self, body: bytes, send: Send) -> None:
         try:
