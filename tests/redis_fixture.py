@@ -10,6 +10,7 @@ take it away and bring it back on the same port, for outage tests. Tests are ski
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,10 +67,20 @@ class RedisServer:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Kill the server at once (no shutdown handshake, as a crash would)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused one too
             process.kill()
             process.wait(10)
 

@@ -133,6 +133,7 @@ class RedisFanout:
         self._running = False
         self._up = False
         self._warned = False  # about the outage in progress
+        self._commands_failing = False  # warned about failing commands, none has worked since
         self._counts = dict.fromkeys(("published", "received", "resyncs", "subscribes"), 0)
         self._counts |= {"outages": 0, "errors": 0}
 
@@ -264,6 +265,7 @@ class RedisFanout:
             self._wake.set()
 
     async def _flush_loop(self) -> None:
+        delay = self._backoff[0]
         while True:
             assert self._wake is not None
             await self._wake.wait()
@@ -271,8 +273,14 @@ class RedisFanout:
             while self._pending and self._up:
                 scope, name = next(iter(self._pending))
                 origin = self._pending.pop((scope, name))
-                if not await self.publish(scope, name, origin):
-                    break
+                if await self.publish(scope, name, origin):
+                    delay = self._backoff[0]
+                    continue
+                # Requeued. Redis may refuse writes while the subscription stays up (a replica
+                # after a failover: READONLY; out of memory): wait before trying again, or this
+                # loop would spin on a refusal that comes back at once.
+                await anyio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._backoff[1])
 
     # -- small shared state ------------------------------------------------------------------
 
@@ -311,12 +319,30 @@ class RedisFanout:
         for attempt in (1, 2):
             try:
                 with anyio.fail_after(self._timeout):
-                    return await call(self._client)
+                    result = await call(self._client)
             except Exception as exc:
                 self._counts["errors"] += 1
-                if attempt == 2:
-                    logger.warning("A Redis command failed (%s); kept local", _reason(exc))
-        return _DOWN
+                # A timeout is a slow or paused Redis, not a dead pooled connection: retrying
+                # would only double the wait of a webhook delivery that is waiting on it.
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    self._command_failed(exc)
+                    return _DOWN
+            else:
+                if self._commands_failing:
+                    self._commands_failing = False
+                    logger.warning("Redis at %s takes commands again", self._where)
+                return result
+        return _DOWN  # pragma: no cover - the loop returns
+
+    def _command_failed(self, exc: BaseException) -> None:
+        """One warning per streak of failed commands (the subscriber warns about outages)."""
+        if self._commands_failing:
+            logger.debug("A Redis command failed (%s); kept local", _reason(exc))
+            return
+        self._commands_failing = True
+        logger.warning(
+            "Redis commands fail (%s); invalidations stay local and are retried", _reason(exc)
+        )
 
     # -- outage bookkeeping ------------------------------------------------------------------
 
