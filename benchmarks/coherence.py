@@ -14,7 +14,8 @@ answered.
 1. Webhook + Redis: per change, add a version in Langfuse, post a signed webhook to one
    gateway, and from its 2xx answer ask all four (concurrently, each as soon as its last answer
    came back, 1 ms apart, over a raw keep-alive connection so the client's own CPU stays
-   small) until every one serves the new version: the time of the last one's first new answer. p50 / p99 over `--changes`, after 3 unmeasured warm-up changes.
+   small) until every one serves the new version: the time of the last one's first new answer.
+   p50 / p99 over `--changes`, after 3 unmeasured warm-up changes.
 2. Polling at 1 s, no webhook: with Redis (one elected poller publishes what it finds) and
    without (each worker polls): from the edit until every worker serves it. Edits land at
    varied points of the poll cycle.
