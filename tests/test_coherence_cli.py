@@ -335,3 +335,37 @@ def test_polling_alone_picks_up_a_change(served: tuple[FakeLangfuse, str], tmp_p
         within(interval + 1.0, lambda: version(gateway) == 2, "polling")
     assert gateway.process.returncode == 0, gateway.log
     assert "Traceback" not in "\n".join(gateway.log)
+
+
+def test_every_worker_of_a_multi_worker_replica_hears_it(pair: Pair, tmp_path: Path) -> None:
+    """A replica with `server.workers: 2` beside the pair: a webhook to the pair reaches both
+    of its workers. Which worker answers is the kernel's choice per connection, so each check
+    opens fresh connections; the fake Langfuse's fetch count tells how many workers refetched."""
+    pair.subscribed()
+    data = json.loads(pair.config.read_text())
+    data["server"] = {"workers": 2}
+    config = write_config(tmp_path / "workers.json", data)
+    name = "many-workers"
+    pair.add(name)
+    body = {"model": "m", "prompt_id": name, "messages": []}
+
+    def fetches() -> int:
+        return sum(1 for r in pair.fake.requests if r.prompt_name == name)
+
+    def fresh_versions(url: str) -> set[int]:
+        found = set()
+        for _ in range(10):
+            with httpx.Client() as client:  # a new connection: either worker may take it
+                response = client.post(url + "/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            found.add(int(response.headers["x-prompt-version"]))
+        return found
+
+    with serving("--config", str(config), env=_env(), wait_for="/health/ready") as replica:
+        within(5.0, lambda: fresh_versions(replica.url) == {1} and fetches() == 2, "both cached")
+        new = pair.add(name)
+        response = pair.webhook(pair.one, change(name, delivery="cli-many-workers"))
+        assert response.status_code == 200
+        within(1.0, lambda: fresh_versions(replica.url) == {new} and fetches() == 4, "both")
+    assert replica.process.returncode == 0, replica.log
+    assert "Traceback" not in "\n".join(replica.log)
