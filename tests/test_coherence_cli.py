@@ -56,6 +56,8 @@ def gateway_config(
         },
         "cache": cache,
         "upstreams": {"echo": {"base_url": "echo"}},
+        # stderr is read once the process ends: keep it to warnings, well inside a pipe's buffer.
+        "server": {"log_level": "warning"},
     }
     if webhook:
         secrets = ["os.environ/LANGFUSE_WEBHOOK_SECRET"]
@@ -343,7 +345,7 @@ def test_every_worker_of_a_multi_worker_replica_hears_it(pair: Pair, tmp_path: P
     opens fresh connections; the fake Langfuse's fetch count tells how many workers refetched."""
     pair.subscribed()
     data = json.loads(pair.config.read_text())
-    data["server"] = {"workers": 2}
+    data["server"] = {**data["server"], "workers": 2}
     config = write_config(tmp_path / "workers.json", data)
     name = "many-workers"
     pair.add(name)
