@@ -314,11 +314,13 @@ async def test_redis_refusing_writes_is_retried_with_backoff(
 
 
 async def test_a_paused_redis_holds_up_nothing(redis_server: RedisServer) -> None:
-    """Redis frozen (connections open, no answers): a webhook is still answered well within
-    Langfuse's 10 s, requests are served, and the invalidation goes out once Redis answers."""
+    """Redis frozen (connections open, nothing answered, as when a peer dies silently): a
+    webhook is still answered well within Langfuse's 10 s, requests are served, the subscriber
+    notices by its keepalive PING, and the invalidation arrives once Redis answers again."""
     registry = Counting()
-    a = worker(redis_server.url, registry, redis_timeout=0.2)
-    b = worker(redis_server.url, registry, redis_timeout=0.2)
+    options: dict[str, Any] = {"redis_timeout": 0.2, "redis_keepalive": 1.0}
+    a = worker(redis_server.url, registry, **options)
+    b = worker(redis_server.url, registry, **options)
     async with running(a, b):
         await eventually(lambda: up(a) and up(b))
         await a.cache.get_prompt("greet")
@@ -331,7 +333,11 @@ async def test_a_paused_redis_holds_up_nothing(redis_server: RedisServer) -> Non
             assert response.status_code == 200
             assert (await a.cache.get_prompt("greet")).prompt == "v2"
             assert (await b.cache.get_prompt("greet")).prompt == "v1"  # from its own cache
+            await eventually(lambda: not up(b))  # the keepalive PING went unanswered
         finally:
             redis_server.resume()
+        await eventually(lambda: up(a) and up(b))
         await eventually(lambda: b.cache.stats.entries == 0)
         assert (await b.cache.get_prompt("greet")).prompt == "v2"
+    assert b.stats.redis is not None
+    assert b.stats.redis.outages == 1

@@ -75,6 +75,9 @@ class Coherence:
         langfuse: the `LangfuseRegistry` used to learn the project and to poll; defaults to the
             cache's registry when it is one.
         prefix: prefix of the Redis keys and channel.
+        redis_timeout: seconds any one Redis call may take.
+        redis_keepalive: seconds without a message before the subscriber PINGs Redis, so a
+            connection dropped silently (a firewall, NAT) is noticed and epochs are re-read.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Coherence:
         langfuse: LangfuseRegistry | None = None,
         prefix: str | None = None,
         redis_timeout: float = 1.0,
+        redis_keepalive: float = 15.0,
     ) -> None:
         self.cache = cache
         if langfuse is None and isinstance(cache.registry, LangfuseRegistry):
@@ -114,6 +118,7 @@ class Coherence:
                 self._apply_remote,
                 prefix=prefix or DEFAULT_PREFIX,
                 timeout=redis_timeout,
+                keepalive=redis_keepalive,
             )
             if shared_cache:
                 self._shared = SharedPromptCache(

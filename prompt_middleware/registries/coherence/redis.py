@@ -102,6 +102,9 @@ class RedisFanout:
         prefix: prefix of every key and of the channel, so several gateways can share a Redis.
         timeout: seconds any one Redis call may take (connect included).
         backoff_base, backoff_max: reconnect delays, doubling from base up to max, jittered.
+        keepalive: seconds without a message after which the subscriber PINGs Redis (answered
+            within `timeout`, or it reconnects): a connection a firewall or NAT silently dropped
+            would otherwise look subscribed while every invalidation is lost.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class RedisFanout:
         timeout: float = 1.0,
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
+        keepalive: float = 15.0,
     ) -> None:
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a positive number of seconds")
@@ -126,6 +130,7 @@ class RedisFanout:
         self._epochs_key = f"{prefix}:epochs"
         self._timeout = timeout
         self._backoff = (backoff_base, backoff_max)
+        self._keepalive = keepalive
         self.worker_id = uuid.uuid4().hex
         self._epochs: dict[str, int] = {}
         self._pending: dict[tuple[str, str | None], str] = {}  # -> origin
@@ -177,7 +182,10 @@ class RedisFanout:
         while True:
             try:
                 async with self._client.pubsub(
-                    channels=[self._channel], retry_policy=None, ignore_subscribe_messages=True
+                    channels=[self._channel],
+                    retry_policy=None,
+                    ignore_subscribe_messages=True,
+                    max_idle_seconds=self._keepalive,
                 ) as pubsub:
                     await self._resync()
                     self._counts["subscribes"] += 1
