@@ -1,8 +1,9 @@
 """Coherence through the real CLI: `prompt-middleware serve` processes, a real redis-server, the
 fake Langfuse on loopback, signed webhooks over HTTP and `prompt-middleware invalidate`.
 
-Two gateways (`one`, `two`) share one Redis and one webhook secret; they are started once for the
-module. Every test uses prompt names of its own, so the order of the tests does not matter. The
+Two gateways share one Redis and one webhook secret; they are started once for the module. One
+test adds a replica with `server.workers: 2` beside them, one a polling-only gateway. Every test
+uses prompt names of its own, so the order of the tests does not matter. The
 time bounds are the issue's functional ones: 1 s after a webhook's answer, `poll_interval` + 1 s
 for polling; a reconnect after a Redis outage is bounded by the subscriber's capped backoff.
 """
