@@ -116,7 +116,8 @@ class Pair:
         return self.client.post(gateway.url + "/webhooks/langfuse", content=body, headers=headers)
 
     def invalidate(self, *args: str) -> None:
-        done = run_cli("invalidate", *args, "--config", str(self.config), env=_env())
+        # Without the webhook secret the config names: invalidating needs only cache.redis_url.
+        done = run_cli("invalidate", *args, "--config", str(self.config), env=gateway_env())
         assert done.returncode == 0, done.stderr
 
     def subscribed(self) -> None:
@@ -273,6 +274,26 @@ def test_the_invalidate_cli_reaches_running_gateways(pair: Pair) -> None:
     assert done.returncode == 0, done.stderr
     assert "every prompt" in done.stderr + done.stdout
     within(1.0, lambda: pair.versions("cli-b") == [b, b], "invalidate everything")
+
+
+def test_the_invalidate_cli_reads_only_the_redis_url(pair: Pair, tmp_path: Path) -> None:
+    data = json.loads(pair.config.read_text())
+    data["cache"]["redis_url"] = "os.environ/REDIS_URL"
+    data["upstreams"]["echo"]["api_key"] = "os.environ/UPSTREAM_KEY_NOT_SET_HERE"
+    config = write_config(tmp_path / "env.json", data)
+    pair.cached("cli-env")
+    new = pair.add("cli-env")
+    done = run_cli("invalidate", "cli-env", "--config", str(config), env=gateway_env())
+    assert done.returncode != 0
+    assert "cache.redis_url: environment variable REDIS_URL is not set" in done.stderr
+    env = gateway_env(REDIS_URL=pair.redis.url)
+    done = run_cli("invalidate", "cli-env", "--config", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    within(1.0, lambda: pair.versions("cli-env") == [new, new], "invalidate through REDIS_URL")
+    del data["cache"]["redis_url"]
+    done = run_cli("invalidate", "--config", str(write_config(config, data)), env=env)
+    assert done.returncode != 0
+    assert "cache.redis_url is not set" in done.stderr
 
 
 def test_the_invalidate_cli_says_when_redis_is_unreachable(pair: Pair) -> None:
