@@ -290,6 +290,9 @@ def test_the_invalidate_cli_reads_only_the_redis_url(pair: Pair, tmp_path: Path)
     done = run_cli("invalidate", "cli-env", "--config", str(config), env=env)
     assert done.returncode == 0, done.stderr
     within(1.0, lambda: pair.versions("cli-env") == [new, new], "invalidate through REDIS_URL")
+    data["cache"]["redis_url"] = "http://127.0.0.1:1/"
+    done = run_cli("invalidate", "--config", str(write_config(config, data)), env=env)
+    assert "expected a redis:// or rediss:// URL" in done.stderr
     del data["cache"]["redis_url"]
     done = run_cli("invalidate", "--config", str(write_config(config, data)), env=env)
     assert done.returncode != 0

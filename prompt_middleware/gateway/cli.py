@@ -518,4 +518,6 @@ def _redis_url(path: str) -> str:
             raise CLIError(f"{path}: cache.redis_url: environment variable {name} is not set")
     if not isinstance(url, str) or not url:
         raise CLIError(f"{path}: cache.redis_url is not set")
+    if not url.startswith(("redis://", "rediss://")):  # as `serve` checks it
+        raise CLIError(f"{path}: cache.redis_url: expected a redis:// or rediss:// URL")
     return url
