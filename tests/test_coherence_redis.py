@@ -107,7 +107,22 @@ async def test_duplicates_are_recognised_across_workers(redis_server: RedisServe
         await eventually(lambda: b.cache.stats.invalidations["pubsub"] == 1)
         response = await signed(b.webhook_app, payload(delivery="d1"))  # a retry, elsewhere
         assert response.json()["status"] == "duplicate"
+        # Claimed, bumped and published once, in one step: the retry changed no epoch.
+        epochs = await _epochs(redis_server.url)
+        assert epochs == {"project:project-1": "1"}
     assert b.cache.stats.invalidations["webhook"] == 0
+    assert a.stats.redis is not None
+    assert b.stats.redis is not None
+    assert (a.stats.redis.published, b.stats.redis.published) == (1, 0)
+    assert a.stats.webhook is not None
+    assert b.stats.webhook is not None
+    assert (a.stats.webhook.accepted, b.stats.webhook.duplicate) == (1, 1)
+
+
+async def _epochs(url: str) -> dict[str, str]:
+    client = coredis.Redis.from_url(url, decode_responses=True)
+    async with client:
+        return dict(await client.hgetall("prompt_middleware:epochs"))
 
 
 async def test_api_invalidations_and_the_cli_reach_everyone(redis_server: RedisServer) -> None:

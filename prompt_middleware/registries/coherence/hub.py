@@ -150,7 +150,6 @@ class Coherence:
                 self._webhook_change,
                 tolerance=tolerance,
                 max_body_size=max_body_size,
-                seen_before=None if self.fanout is None else self._delivery_seen,
             )
         cache.add_invalidation_listener(self._cache_invalidated)
 
@@ -233,14 +232,23 @@ class Coherence:
 
     # -- sources -----------------------------------------------------------------------------
 
-    async def _webhook_change(self, change: PromptChange) -> None:
+    async def _webhook_change(self, change: PromptChange) -> bool:
+        """Drop the delivery's project everywhere; False if another worker already took it."""
+        scope = _PROJECT + change.project_id
+        if self.fanout is not None:
+            claim = self.fanout.key("delivery", change.delivery_id)
+            published = await self.fanout.publish_once(claim, _DELIVERY_TTL, scope, None, "webhook")
+            if published is False:
+                return False
+            # None: Redis is unavailable and the invalidation queued; act on it here anyway.
         logger.info(
             "Langfuse reports prompt %r %s (project %s): dropping that project's cached prompts",
             change.name,
             change.action or "changed",
             change.project_id,
         )
-        await self.invalidate(project_id=change.project_id, origin="webhook")
+        self._apply(scope, None, "webhook")
+        return True
 
     async def _polled(self, names: list[str]) -> None:
         scope = self.server_scope()
@@ -337,11 +345,6 @@ class Coherence:
         self._task_group.start_soon(learn)
 
     # -- Redis helpers -----------------------------------------------------------------------
-
-    async def _delivery_seen(self, delivery_id: str) -> bool:
-        assert self.fanout is not None
-        claimed = await self.fanout.claim(self.fanout.key("delivery", delivery_id), _DELIVERY_TTL)
-        return claimed is False  # None: Redis down, act on it
 
     async def _poll_leader(self) -> bool:
         assert self.fanout is not None

@@ -8,8 +8,10 @@
 - Redis down, at start or later: invalidations stay local, a warning is logged once per
   outage, publishes wait in a small queue, and the subscriber reconnects with capped backoff.
   No client request ever waits on Redis for longer than `timeout`.
-- Also here: webhook delivery ids shared across processes (`SET NX`), the poller's election
-  lock and high-water mark, and an optional shared L2 prompt cache (`SharedPromptCache`).
+- A webhook delivery is claimed by its id (`SET NX`), bumped and published in the same script,
+  so across processes it is acted on once, and never claimed without being published.
+- Also here: the poller's election lock and high-water mark, and an optional shared L2 prompt
+  cache (`SharedPromptCache`).
 
 `publish_invalidation(url, name)` does one invalidation from outside the workers (the CLI).
 Needs the `redis` extra (`coredis>=6`).
@@ -54,6 +56,14 @@ ALL_SCOPES = "*"
 _MAX_PENDING = 256
 # One round trip, so no subscriber can read the new epoch without the message being sent.
 _BUMP_AND_PUBLISH = """
+local epoch = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. ARGV[3])
+return epoch
+"""
+# A webhook delivery: claimed, bumped and published in one step, so a worker that dies halfway
+# cannot leave a claimed delivery that nobody published (Langfuse's retry would be a duplicate).
+_CLAIM_BUMP_AND_PUBLISH = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return 0 end
 local epoch = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. ARGV[3])
 return epoch
@@ -246,11 +256,7 @@ class RedisFanout:
         if not (self._running and self._up):
             self.enqueue(scope, name, origin)
             return False
-        payload = json.dumps(
-            {"scope": scope, "name": name, "origin": origin, "sender": self.worker_id},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        payload = self._payload(scope, name, origin)
         epoch = await self._command(
             lambda c: c.eval(
                 _BUMP_AND_PUBLISH, keys=[self._epochs_key], args=[scope, self._channel, payload]
@@ -259,9 +265,42 @@ class RedisFanout:
         if epoch is _DOWN:
             self.enqueue(scope, name, origin)
             return False
+        self._published(scope, epoch)
+        return True
+
+    async def publish_once(
+        self, claim: str, ttl: float, scope: str, name: str | None, origin: str
+    ) -> bool | None:
+        """`publish`, unless the key `claim` was set before (set it for `ttl` seconds).
+
+        True: published; False: claimed before, nothing done; None: Redis unavailable, the
+        invalidation is queued (the caller acts on it locally; twice is harmless).
+        """
+        if not (self._running and self._up):
+            self.enqueue(scope, name, origin)
+            return None
+        payload = self._payload(scope, name, origin)
+        keys = [self._epochs_key, claim]
+        args = [scope, self._channel, payload, str(_ms(ttl))]
+        epoch = await self._command(lambda c: c.eval(_CLAIM_BUMP_AND_PUBLISH, keys=keys, args=args))
+        if epoch is _DOWN:
+            self.enqueue(scope, name, origin)
+            return None
+        if int(str(epoch)) == 0:
+            return False
+        self._published(scope, epoch)
+        return True
+
+    def _payload(self, scope: str, name: str | None, origin: str) -> str:
+        return json.dumps(
+            {"scope": scope, "name": name, "origin": origin, "sender": self.worker_id},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    def _published(self, scope: str, epoch: object) -> None:
         self._epochs[scope] = max(int(str(epoch)), self._epochs.get(scope, 0))
         self._counts["published"] += 1
-        return True
 
     def enqueue(self, scope: str, name: str | None, origin: str = "api") -> None:
         """Publish later (soon, or once Redis is back), without waiting."""
@@ -291,13 +330,6 @@ class RedisFanout:
                 delay = min(delay * 2, self._backoff[1])
 
     # -- small shared state ------------------------------------------------------------------
-
-    async def claim(self, key: str, ttl: float) -> bool | None:
-        """`SET key NX` for `ttl` seconds: True if this call set it, None if Redis is down."""
-        result = await self._command(
-            lambda c: c.set(key, "1", condition=coredis.PureToken.NX, px=_ms(ttl))
-        )
-        return None if result is _DOWN else bool(result)
 
     async def take_lead(self, key: str, ttl: float) -> bool | None:
         """Hold (or renew) the lock `key` for `ttl` seconds; None if Redis is down."""

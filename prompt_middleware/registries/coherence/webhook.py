@@ -175,8 +175,7 @@ class WebhookStats:
     malformed: int = 0
 
 
-OnChange = Callable[[PromptChange], Awaitable[None]]
-SeenBefore = Callable[[str], Awaitable[bool]]
+OnChange = Callable[[PromptChange], Awaitable["bool | None"]]
 
 
 class WebhookApp:
@@ -188,14 +187,14 @@ class WebhookApp:
 
     Args:
         secrets: the automation's signing secrets; several while one is being rotated.
-        on_change: awaited for each new authentic `prompt-version` delivery; it must be quick
-            (it runs before the answer). Errors in it are logged and still answered 2xx, as a
-            retry would fail the same way.
+        on_change: awaited for each authentic `prompt-version` delivery whose `id` this app
+            has not seen; it must be quick (it runs before the answer). It returns False when
+            another process already took the delivery (e.g. a shared Redis claim): then it is
+            answered as a duplicate. Errors in it are logged and still answered 2xx, as a retry
+            would fail the same way.
         tolerance: seconds the signature's timestamp may differ from our clock.
         max_body_size: larger bodies are refused with 413 before being read in full.
         dedupe_size: delivery ids remembered to recognise repeats (least recent forgotten).
-        seen_before: optional extra check shared across processes (e.g. Redis `SET NX`):
-            awaited with a new delivery id, True if another process already took it.
     """
 
     def __init__(
@@ -206,7 +205,6 @@ class WebhookApp:
         tolerance: float = DEFAULT_TOLERANCE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         dedupe_size: int = 4096,
-        seen_before: SeenBefore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secrets = tuple(secrets)
@@ -220,7 +218,6 @@ class WebhookApp:
         self._tolerance = tolerance
         self._max_body_size = max_body_size
         self._seen: LRUCache[str, None] = LRUCache(dedupe_size)
-        self._seen_before = seen_before
         self._clock = clock
         self._counts = dict.fromkeys(WebhookStats.__slots__, 0)
         self._refusals_unlogged = 0
@@ -296,7 +293,15 @@ class WebhookApp:
             logger.debug("Ignored a webhook delivery of type %r", change[:100])
             await send_json(send, 200, {"status": "ignored"})
             return
-        if await self._is_duplicate(change.delivery_id):
+        acted: bool | None = False
+        if change.delivery_id not in self._seen:
+            self._seen[change.delivery_id] = None
+            try:
+                acted = await self._on_change(change)
+            except Exception:  # a retry would fail the same way: answered 2xx all the same
+                logger.exception("Handling a webhook delivery failed")
+                acted = True
+        if acted is False:
             self._counts["duplicate"] += 1
             observability.record_webhook("duplicate")
             logger.debug("Ignored a repeated webhook delivery")
@@ -304,23 +309,7 @@ class WebhookApp:
             return
         self._counts["accepted"] += 1
         observability.record_webhook("accepted")
-        try:
-            await self._on_change(change)
-        except Exception:
-            logger.exception("Handling a webhook delivery failed")
         await send_json(send, 200, {"status": "accepted"})
-
-    async def _is_duplicate(self, delivery_id: str) -> bool:
-        if delivery_id in self._seen:
-            return True
-        self._seen[delivery_id] = None
-        if self._seen_before is None:
-            return False
-        try:
-            return await self._seen_before(delivery_id)
-        except Exception:  # an unreachable shared store: act on it (invalidating twice is safe)
-            logger.debug("Shared delivery check failed", exc_info=True)
-            return False
 
     async def _read(self, receive: Receive) -> bytes | None:
         """The body; None if the client left; `_TOO_LARGE` past `max_body_size`."""
