@@ -10,6 +10,7 @@ import base64
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -20,7 +21,7 @@ from prompt_middleware.gateway._logsafe import mask_query
 from prompt_middleware.gateway.upstream import UpstreamProxy
 from prompt_middleware.testing import CaptureApp, asgi_client
 
-from .gateway_process import gateway_env, serving
+from .gateway_process import gateway_env, run_cli, serving, write_config
 from .servers import free_port, running_server
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +165,20 @@ def test_serve_logs_no_secret() -> None:
 )
 def test_mask_query(query: str, masked: str) -> None:
     assert mask_query(query) == masked
+
+
+def test_startup_errors_hide_the_password(tmp_path: Path) -> None:
+    bad = f"ftp://user:{PASSWORD}@127.0.0.1/v1"
+    flag = run_cli("serve", "--upstream", bad, "--prompts", "examples/prompts")
+    config = write_config(
+        tmp_path / "gateway.json",
+        {"registry": {"files": "examples/prompts"}, "upstreams": {"main": {"base_url": bad}}},
+    )
+    in_file = run_cli("serve", "--config", str(config))
+    for result in (flag, in_file):
+        assert result.returncode != 0
+        assert "ftp://***@127.0.0.1/v1" in result.stderr, result.stderr
+        assert_no_secret([result.stdout, result.stderr])
+    with pytest.raises(ValueError, match="base_url") as raised:
+        UpstreamProxy(bad)
+    assert PASSWORD not in str(raised.value)

@@ -27,11 +27,12 @@ from urllib.parse import unquote
 
 import httpx
 
-__all__ = ["InvalidTarget", "join", "split_credentials", "upstream_url"]
+__all__ = ["InvalidTarget", "join", "split_credentials", "upstream_url", "without_userinfo"]
 
 # Separators an upstream may split a decoded path at: `\` by Windows servers and some routers.
 _SEPARATORS: Final = re.compile(r"[/\\]")
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
+_USERINFO: Final = re.compile(r"(//)[^/?#]*@")
 
 
 class InvalidTarget(ValueError):
@@ -54,6 +55,11 @@ def split_credentials(
     # As httpx's BasicAuth encodes it (UTF-8), the header it used to build from the URL.
     pair = f"{url.username}:{url.password}".encode()
     return bare, (b"authorization", b"Basic " + base64.b64encode(pair))
+
+
+def without_userinfo(url: str) -> str:
+    """`url` as text for a message, its userinfo (a credential) masked; works on bad URLs too."""
+    return _USERINFO.sub(r"\1***@", url, count=1)
 
 
 def join(base_raw: str, route_raw: str) -> str:

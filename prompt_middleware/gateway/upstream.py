@@ -23,7 +23,7 @@ from .. import observability
 from .._asgi import send_json
 from ..core.errors import error_body
 from ._logsafe import redact_httpx_log
-from ._target import InvalidTarget, split_credentials, upstream_url
+from ._target import InvalidTarget, split_credentials, upstream_url, without_userinfo
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "UpstreamProxy"]
 
@@ -125,7 +125,8 @@ class UpstreamProxy:
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an absolute http(s) URL, got {str(base_url)!r}")
+            shown = without_userinfo(str(base_url))
+            raise ValueError(f"base_url must be an absolute http(s) URL, got {shown!r}")
         if url.query or url.fragment:
             raise ValueError("base_url must not have a query string or fragment")
         url, basic = split_credentials(url, headers)
