@@ -149,6 +149,20 @@ async def test_dot_segments_refused_in_process(anyio_backend: str) -> None:
             openai_error(await client.get(target), 400, BAD_TARGET)
 
 
+async def test_dot_segment_cannot_carry_a_body_past_the_middleware(
+    gateway: tuple[str, CaptureApp],
+) -> None:
+    # The middleware guards paths ending in /chat/completions; this one does not, but httpx
+    # would have resolved it to one, with the prompt fields and key unread.
+    url, capture = gateway
+    capture.clear()
+    body = b'{"model": "m", "prompt_id": "greet", "langfuse_secret_key": "sk-lf-1"}'
+    for target in ("/v1/chat/completions/.", "/v1/chat/completions/x/.."):
+        response = await raw_request(url, "POST", target, body)
+        openai_error(response, 400, BAD_TARGET)
+    assert capture.requests == []
+
+
 # Fragments and bytes httpx cannot send (issue #16, item 6)
 
 

@@ -8,11 +8,12 @@ scoped to (a tenant, an Azure deployment):
   by sending it exactly as the upstream knows it, `/v1/v1/x` included.
 * a `.` or `..` segment is refused, in any spelling an upstream might decode into one: raw,
   percent-encoded (`%2e%2e`, `.%2E`, twice-encoded `%252e`), or split by an encoded `/` or a `\\`
-  (`..%2F`, `..\\`). httpx would resolve raw ones before sending (RFC 3986 §5.2.4), so a request
-  could climb out of the base path; resolving them ourselves would change which path the
-  middleware in front matched.
+  (`..%2F`, `..\\`). httpx resolves raw ones before sending (RFC 3986 §5.2.4), so a request
+  could climb out of the base path. Resolving them here instead would not do either: the
+  middleware in front matched the unresolved path, so `/v1/chat/completions/.` would reach the
+  upstream's chat endpoint without having been examined.
 * a fragment (`#`) is refused: a request target has none (RFC 9112 §3.2), and httpx cannot send
-  one. Bytes httpx cannot send in a URL (controls, non-ASCII) are refused too.
+  one. So are control characters and a non-ASCII query, which httpx cannot put in a URL.
 
 A refusal is `InvalidTarget`, which the proxy answers with a 400 before anything is sent upstream.
 """

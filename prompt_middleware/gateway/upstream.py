@@ -81,9 +81,24 @@ class UpstreamProxy:
 
     * **URL.** The request path is joined under the base URL's path: with base
       `https://api.openai.com/v1`, `/chat/completions` goes to `/v1/chat/completions`. A path that
-      already starts with the base path (`/v1/chat/completions`, as OpenAI clients pointed at
-      `http://gateway/v1` send) is forwarded as is, not doubled. The query string is kept. When the
-      proxy is mounted under a prefix (`scope["root_path"]`), the prefix is not forwarded.
+      already is the base path or starts with it and a `/`, compared as sent (percent-encoding
+      included), is forwarded as is, not doubled: `/v1/chat/completions` (what OpenAI clients
+      pointed at `http://gateway/v1` send) goes to `/v1/chat/completions`, and `/v1/v1/x` to
+      `/v1/v1/x`, so every upstream path under the base is reachable by its own name. The query
+      string is kept. When the proxy is mounted under a prefix (`scope["root_path"]`), the prefix
+      is not forwarded.
+    * **Staying under the base path.** Nothing reaches the upstream outside its base path, which
+      is what the upstream key is scoped to: a path with a `.` or `..` segment, raw or in any
+      spelling an upstream could decode into one (`%2e%2e`, `.%2E`, `%252e`, `..%2F`, `..\\`),
+      is refused with a 400 `invalid_request_target`, as is a target with a fragment (`#`) or
+      with bytes a URL cannot carry. Nothing is sent upstream for them.
+    * **Credentials in the base URL.** `https://user:pass@host/v1` is sent as
+      `Authorization: Basic …` (as httpx would), unless `headers=` sets `Authorization`, which then
+      wins. The userinfo is taken out of the URL at construction, so it is in no URL httpx sees,
+      logs or puts in an error, and not in `base_url` or the `repr`.
+    * **Logs.** The proxy logs the method and path, never the query. httpx logs each request's URL
+      at INFO; the proxy adds a filter to the `httpx` logger that replaces query values with `***`
+      (a client's `?key=` stays out of the log; names stay, to show what was sent).
     * **Headers.** Forwarded as sent, `Authorization` included, minus hop-by-hop headers
       (`connection` and the headers it names, `keep-alive`, `te`, `trailer`, `transfer-encoding`,
       `upgrade`, `proxy-*`) and `host`/`content-length`/`expect`, which httpx sets for the upstream.
