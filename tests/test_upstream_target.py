@@ -38,6 +38,8 @@ ESCAPES = [
     "/v1/..\\..\\admin",
     "/v1/..%5C..%5Cadmin",
     "/v1/%252e%252e/admin",
+    "/v1/..;/..;/admin",
+    "/v1/.%3Bx/models",
     "/v1/./models",
     "/v1/chat/completions/.",
     "/v1/chat/completions/x/..",

@@ -7,11 +7,11 @@ scoped to (a tenant, an Azure deployment):
   is; any other path is joined under the base. So every upstream path under the base is reached
   by sending it exactly as the upstream knows it, `/v1/v1/x` included.
 * a `.` or `..` segment is refused, in any spelling an upstream might decode into one: raw,
-  percent-encoded (`%2e%2e`, `.%2E`, twice-encoded `%252e`), or split by an encoded `/` or a `\\`
-  (`..%2F`, `..\\`). httpx resolves raw ones before sending (RFC 3986 §5.2.4), so a request
-  could climb out of the base path. Resolving them here instead would not do either: the
-  middleware in front matched the unresolved path, so `/v1/chat/completions/.` would reach the
-  upstream's chat endpoint without having been examined.
+  percent-encoded (`%2e%2e`, `.%2E`, twice-encoded `%252e`), split by an encoded `/` or a `\\`
+  (`..%2F`, `..\\`), or followed by path parameters (`..;x`). httpx resolves raw ones before
+  sending (RFC 3986 §5.2.4), so a request could climb out of the base path. Resolving them here
+  instead would not do either: the middleware in front matched the unresolved path, so
+  `/v1/chat/completions/.` would reach the upstream's chat endpoint without having been examined.
 * a fragment (`#`) is refused: a request target has none (RFC 9112 §3.2), and httpx cannot send
   one. So are control characters and a non-ASCII query, which httpx cannot put in a URL.
 
@@ -92,7 +92,8 @@ def _refuse_dot_segments(raw: str) -> None:
         return
     for segment in raw.split("/"):
         for part in _SEPARATORS.split(_decoded(segment)):
-            if part in _DOT_SEGMENTS:
+            # Servlet containers drop a segment's `;parameters` first, so `..;x` is `..` there.
+            if part.partition(";")[0] in _DOT_SEGMENTS:
                 raise InvalidTarget(
                     "The request path has a '.' or '..' segment (perhaps percent-encoded); "
                     "it is not forwarded."

@@ -89,7 +89,7 @@ class UpstreamProxy:
       is not forwarded.
     * **Staying under the base path.** Nothing reaches the upstream outside its base path, which
       is what the upstream key is scoped to: a path with a `.` or `..` segment, raw or in any
-      spelling an upstream could decode into one (`%2e%2e`, `.%2E`, `%252e`, `..%2F`, `..\\`),
+      spelling an upstream could decode into one (`%2e%2e`, `%252e`, `..%2F`, `..\\`, `..;`),
       is refused with a 400 `invalid_request_target`, as is a target with a fragment (`#`) or
       with bytes a URL cannot carry. Nothing is sent upstream for them.
     * **Credentials in the base URL.** `https://user:pass@host/v1` is sent as
