@@ -40,6 +40,7 @@ from ..registries.coherence import Coherence
 from ..registries.fallback import FallbackRegistry
 from ..registries.files import FileRegistry
 from ..registries.langfuse import LangfuseRegistry
+from ._logsafe import redact_uvicorn_access_log
 from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
 from .echo import EchoUpstream
 from .upstream import UpstreamProxy
@@ -370,6 +371,8 @@ def _invalid_key() -> InvalidApiKey:
 
 def build_app(config: GatewayConfig) -> GatewayApp:
     """The gateway `config` describes. `ConfigError` for what only shows when building."""
+    # The gateway runs under uvicorn, whose access line shows the query: keep its values out.
+    redact_uvicorn_access_log()
     registry = _registry(config)
     cache: PromptRegistry = registry
     ttl = config.cache.ttl

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, TypeVar
 import httpx
 
 from ..registries.cache import DEFAULT_MAX_STALE
+from ._target import without_userinfo
 
 __all__ = [
     "NOT_YET_ACTIVE",
@@ -616,7 +617,8 @@ def _upstream(s: _Section, name: str) -> UpstreamConfig:
     if not base_url:
         raise s.error("base_url", "expected the upstream's base URL (or echo)")
     if base_url != ECHO and _bad_url(base_url):
-        raise s.error("base_url", f"expected an absolute http(s) URL or echo, got {base_url!r}")
+        shown = without_userinfo(base_url)
+        raise s.error("base_url", f"expected an absolute http(s) URL or echo, got {shown!r}")
     config = UpstreamConfig(
         name=name,
         base_url=base_url,
@@ -915,7 +917,10 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
     if "upstream" in given:
         url = given["upstream"]
         if url != ECHO and _bad_url(url):
-            raise ConfigError(f"--upstream: base_url must be an absolute http(s) URL, got {url!r}")
+            shown = without_userinfo(url)
+            raise ConfigError(
+                f"--upstream: base_url must be an absolute http(s) URL, got {shown!r}"
+            )
         name = upstreams[0].name if upstreams else DEFAULT_UPSTREAM
         key = given.get("upstream_api_key") or os.environ.get("UPSTREAM_API_KEY") or None
         fresh = UpstreamConfig(name, url, key)

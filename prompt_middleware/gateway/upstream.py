@@ -22,6 +22,8 @@ from starlette.types import Message, Receive, Scope, Send
 from .. import observability
 from .._asgi import send_json
 from ..core.errors import error_body
+from ._logsafe import redact_httpx_log
+from ._target import InvalidTarget, split_credentials, upstream_url, without_userinfo
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "UpstreamProxy"]
 
@@ -51,6 +53,8 @@ _REQUEST_ONLY: Final = frozenset({b"host", b"content-length", b"expect"})
 # The ASGI server in front adds its own `date` and `server`; forwarding them would duplicate them.
 _RESPONSE_ONLY: Final = frozenset({b"date", b"server"})
 _PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+_INVALID: Final = "invalid_request_error"
+_BAD_TARGET: Final = "invalid_request_target"
 
 
 class _UseDefault:
@@ -77,9 +81,24 @@ class UpstreamProxy:
 
     * **URL.** The request path is joined under the base URL's path: with base
       `https://api.openai.com/v1`, `/chat/completions` goes to `/v1/chat/completions`. A path that
-      already starts with the base path (`/v1/chat/completions`, as OpenAI clients pointed at
-      `http://gateway/v1` send) is forwarded as is, not doubled. The query string is kept. When the
-      proxy is mounted under a prefix (`scope["root_path"]`), the prefix is not forwarded.
+      already is the base path or starts with it and a `/`, compared as sent (percent-encoding
+      included), is forwarded as is, not doubled: `/v1/chat/completions` (what OpenAI clients
+      pointed at `http://gateway/v1` send) goes to `/v1/chat/completions`, and `/v1/v1/x` to
+      `/v1/v1/x`, so every upstream path under the base is reachable by its own name. The query
+      string is kept. When the proxy is mounted under a prefix (`scope["root_path"]`), the prefix
+      is not forwarded.
+    * **Staying under the base path.** Nothing reaches the upstream outside its base path, which
+      is what the upstream key is scoped to: a path with a `.` or `..` segment, raw or in any
+      spelling an upstream could decode into one (`%2e%2e`, `%252e`, `..%2F`, `..\\`, `..;`),
+      is refused with a 400 `invalid_request_target`, as is a target with a fragment (`#`) or
+      with bytes a URL cannot carry. Nothing is sent upstream for them.
+    * **Credentials in the base URL.** `https://user:pass@host/v1` is sent as
+      `Authorization: Basic …` (as httpx would), unless `headers=` sets `Authorization`, which then
+      wins. The userinfo is taken out of the URL at construction, so it is in no URL httpx sees,
+      logs or puts in an error, and not in `base_url` or the `repr`.
+    * **Logs.** The proxy logs the method and path, never the query. httpx logs each request's URL
+      at INFO; the proxy adds a filter to the `httpx` logger that replaces query values with `***`
+      (a client's `?key=` stays out of the log; names stay, to show what was sent).
     * **Headers.** Forwarded as sent, `Authorization` included, minus hop-by-hop headers
       (`connection` and the headers it names, `keep-alive`, `te`, `trailer`, `transfer-encoding`,
       `upgrade`, `proxy-*`) and `host`/`content-length`/`expect`, which httpx sets for the upstream.
@@ -121,11 +140,12 @@ class UpstreamProxy:
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an absolute http(s) URL, got {str(base_url)!r}")
+            shown = without_userinfo(str(base_url))
+            raise ValueError(f"base_url must be an absolute http(s) URL, got {shown!r}")
         if url.query or url.fragment:
             raise ValueError("base_url must not have a query string or fragment")
+        url, basic = split_credentials(url, headers)
         self._base_url = url
-        self._base_path = url.path.rstrip("/")
         self._base_raw_path = url.raw_path.decode("ascii").rstrip("/")
         self._client = client
         self._owns_client = client is None
@@ -142,15 +162,17 @@ class UpstreamProxy:
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in (headers or {}).items()
         ]
+        if basic is not None:
+            self._extra_headers.append(basic)
         self._extra_names = frozenset(name for name, _ in self._extra_headers)
+        redact_httpx_log()
 
     @property
     def base_url(self) -> httpx.URL:
         return self._base_url
 
     def __repr__(self) -> str:
-        # Userinfo in a base URL is a credential; keep it out of reprs and logs.
-        return f"UpstreamProxy({str(self._base_url.copy_with(username=None, password=None))!r})"
+        return f"UpstreamProxy({str(self._base_url)!r})"
 
     async def aclose(self) -> None:
         """Close the proxy's own client (not one passed as `client=`)."""
@@ -171,7 +193,12 @@ class UpstreamProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._proxy(scope, receive, send)
+            try:
+                url = self._target_url(scope)
+            except InvalidTarget as exc:
+                await send_json(send, 400, error_body(str(exc), _INVALID, None, _BAD_TARGET))
+                return
+            await self._proxy(scope, receive, send, url)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "websocket":
@@ -199,7 +226,7 @@ class UpstreamProxy:
             )
         return self._client
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, url: httpx.URL) -> None:
         first = await receive()
         if first["type"] == "http.disconnect":
             return
@@ -220,7 +247,7 @@ class UpstreamProxy:
             call.prepare(headers)
         request = httpx.Request(
             scope["method"],
-            self._target_url(scope),
+            url,
             headers=headers,
             content=content,
             extensions=self._extensions,
@@ -276,15 +303,10 @@ class UpstreamProxy:
                     await response.aclose()
 
     def _target_url(self, scope: Scope) -> httpx.URL:
-        route_path, raw_path = _route_paths(scope)
-        base = self._base_path
-        if base and route_path != base and not route_path.startswith(base + "/"):
-            raw_path = self._base_raw_path + raw_path
-        raw = (raw_path or "/").encode("ascii")
+        """The URL to forward to (rules in `_target`); `InvalidTarget` if it must not be sent."""
+        _, raw_path = _route_paths(scope)
         query: bytes = scope.get("query_string", b"")
-        if query:
-            raw += b"?" + query
-        return self._base_url.copy_with(raw_path=raw)
+        return upstream_url(self._base_url, self._base_raw_path, raw_path, query)
 
     def _request_headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         """The headers to forward, and the client's `content-length` if it sent one."""
