@@ -5,9 +5,6 @@ and returns a frozen `GatewayConfig`; anything wrong is a `ConfigError` whose me
 naming the file, the key and what was expected. Values written `os.environ/NAME` are read from the
 environment (a LiteLLM file's `environment_variables` first); a missing or empty one is an error.
 Relative paths in a file are relative to the file's folder.
-
-Sections other parts of the gateway wire later are parsed and validated now; `NOT_YET_ACTIVE`
-lists them, and `inactive_settings` says which of them a config sets.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import httpx
 from ..registries.cache import DEFAULT_MAX_STALE
 
 __all__ = [
-    "NOT_YET_ACTIVE",
     "AuthConfig",
     "CacheConfig",
     "ConfigError",
@@ -43,7 +39,6 @@ __all__ = [
     "TracingConfig",
     "UpstreamConfig",
     "WebhooksConfig",
-    "inactive_settings",
     "is_loopback",
     "load_config",
 ]
@@ -53,13 +48,7 @@ ECHO: Final = "echo"
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_UPSTREAM: Final = "default"
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
-
-NOT_YET_ACTIVE: Final = (
-    "metrics",
-    "tracing",
-    "experiments",
-)
-"""Settings that are accepted and validated but not acted on yet: drop a name once it is wired."""
+LOG_FORMATS: Final = ("text", "json")
 
 _LITELLM_KEYS: Final = frozenset(
     {"model_list", "general_settings", "litellm_settings", "environment_variables"}
@@ -174,8 +163,10 @@ class TracingConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A weighted label rollout of one prompt (`prompt_middleware.core.experiments`)."""
+
     labels: Mapping[str, float]
-    sticky: str | None = None
+    sticky: Literal["user", "header"] = "user"
 
 
 @dataclass(frozen=True)
@@ -185,6 +176,7 @@ class ServerConfig:
     workers: int = 1
     graceful_timeout: float = 30.0
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
     max_body_size: int = 10 * 2**20
 
 
@@ -207,20 +199,6 @@ class GatewayConfig:
 
     def upstream(self, name: str) -> UpstreamConfig:
         return next(u for u in self.upstreams if u.name == name)
-
-
-def inactive_settings(config: GatewayConfig) -> list[str]:
-    """The settings of `NOT_YET_ACTIVE` that `config` sets."""
-    given = {
-        "registry.fallback_files": config.registry.fallback_files is not None,
-        "cache.redis_url": config.cache.redis_url is not None,
-        "cache.poll_interval": config.cache.poll_interval is not None,
-        "webhooks": config.webhooks is not None,
-        "metrics": config.metrics is not None,
-        "tracing": config.tracing is not None,
-        "experiments": bool(config.experiments),
-    }
-    return [name for name in NOT_YET_ACTIVE if given[name]]
 
 
 def is_loopback(host: str) -> bool:
@@ -720,9 +698,9 @@ def _experiments(s: _Section) -> dict[str, ExperimentConfig]:
         weights = {label: labels.number(label, 0.0) for label in labels.names()}
         if not weights or sum(weights.values()) <= 0:
             raise e.error("labels", "expected labels with weights adding up to more than 0")
-        sticky = e.choice("sticky", ("user",), "user") if e.has("sticky") else None
+        sticky = e.choice("sticky", ("user", "header"), "user")
         e.done()
-        out[name] = ExperimentConfig(weights, sticky)
+        out[name] = ExperimentConfig(weights, "header" if sticky == "header" else "user")
     return out
 
 
@@ -733,6 +711,7 @@ def _server(s: _Section) -> ServerConfig:
         workers=s.integer("workers", 1, 1),
         graceful_timeout=s.number("graceful_timeout", 30.0),
         log_level=s.choice("log_level", LOG_LEVELS, "info"),
+        log_format="json" if s.choice("log_format", LOG_FORMATS, "text") == "json" else "text",
         max_body_size=s.integer("max_body_size", 10 * 2**20, 1),
     )
     s.done()
@@ -948,6 +927,7 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
             workers="workers",
             graceful_timeout="graceful_timeout",
             log_level="log_level",
+            log_format="log_format",
         ),
     )
 
