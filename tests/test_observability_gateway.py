@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,11 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from prompt_middleware.gateway.config import load_config
+
 from .fake_langfuse import OTEL_TRACES_PATH, FakeLangfuse
 from .fake_openai import INPUT_TOKENS, OUTPUT_TOKENS, FakeOpenAI
-from .gateway_process import Gateway, gateway_env, run_cli, serving, write_config
+from .gateway_process import ROOT, Gateway, gateway_env, run_cli, serving, write_config
 from .servers import running_server
 from .test_observability_metrics import value
 
@@ -315,3 +318,23 @@ def test_a_missing_extra_is_a_startup_error(
     assert f"pip install 'prompt-middleware[{extra}]'" in done.stderr
     assert f"{section}:" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_docs_gateway_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/observability.md's gateway sections are a valid config, meaning what it says."""
+    text = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if "log_format" in b]
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    monkeypatch.setenv("LANGFUSE_OTLP_AUTH", "Basic x")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"registry: {{files: {prompts}}}\nupstreams: {{main: {{base_url: echo}}}}\n")
+    path.write_text(path.read_text() + block)
+    config = load_config(str(path))
+    assert config.metrics is not None
+    assert config.metrics.path == "/metrics"
+    assert config.tracing is not None
+    assert config.tracing.otlp_endpoint == "https://cloud.langfuse.com" + OTEL_TRACES_PATH
+    experiment = config.experiments[NAME]
+    assert experiment.labels == {"production": 90, "candidate": 10}
+    assert (config.server.workers, config.server.log_format) == (2, "json")
