@@ -379,14 +379,21 @@ class Observer:
             if started is not None:
                 span, token = started
 
-        async def observed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
+        if self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
+            # Only the access line reads the status: no wrapper (one more await per message)
+            # when there is none.
+            inner = send
+
+            async def observed_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    record.status = message["status"]
+                await inner(message)
+
+            send = observed_send
 
         reset = _request.set(record)
         try:
-            await handle(scope, receive, observed_send)
+            await handle(scope, receive, send)
         except BaseException as exc:
             record.error = record.error or exc
             raise
