@@ -106,13 +106,11 @@ class Tracing:
             return None
         parent = None
         # ASGI header names are lower-case. Looked for first: most requests carry none.
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in headers
-            if name in _PROPAGATED
-        }
-        if carrier and not trace.get_current_span().get_span_context().is_valid:
-            parent = propagate.extract(carrier)
+        for name, _ in headers:
+            if name in _PROPAGATED:
+                if not trace.get_current_span().get_span_context().is_valid:
+                    parent = propagate.extract(_carrier(headers))
+                break
         span = tracer.start_span("rewrite", context=parent, kind=SpanKind.INTERNAL)
         if not span.is_recording():
             return None
@@ -163,6 +161,14 @@ class Tracing:
             span.set_attribute("error.type", str(status))
             span.set_status(Status(StatusCode.ERROR))
         span.end()
+
+
+def _carrier(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in headers
+        if name in _PROPAGATED
+    }
 
 
 def _record_error(span: Span, error: BaseException, kind: str) -> None:
