@@ -10,6 +10,7 @@ middleware instance each time, with observability in each state:
     guard     `enable(metrics=False, tracing=False)`: the per-request bookkeeping alone
     metrics   `enable(metrics=True, tracing=False)` on a private CollectorRegistry
     api-only  `enable(tracing=True)` with opentelemetry-api's default provider (no SDK: no-op)
+    both-api  metrics + api-only tracing: the extras installed, no SDK configured
     tracing   `enable(tracing=True)`, an SDK TracerProvider whose exporter drops every span
     both      metrics + tracing as above
 
@@ -19,6 +20,8 @@ and the bare app alone. Per round, the rewrite's own cost is `off - bare`; a sta
 
 `--callgrind` counts instructions instead (valgrind; deterministic, immune to neighbours): per
 state, a child process runs 0 or N warm requests; the difference over N is the cost per request.
+It also counts one bare SDK span (`one_span`: start, make current, seven attributes, end) for
+scale, and `both` less that span: what our code adds around what the SDK itself costs.
 
 "Not installed" costs the hooks' `if` checks only: the script times those three attribute checks
 (middleware, cache, upstream proxy) on their own and shows them as a share of the rewrite.
@@ -55,7 +58,7 @@ from prometheus_client import CollectorRegistry
 
 from prompt_middleware import observability
 
-STATES = ("off", "guard", "metrics", "api-only", "tracing", "both")
+STATES = ("off", "guard", "metrics", "api-only", "both-api", "tracing", "both")
 TARGET_ADDED = 0.10
 
 
@@ -108,6 +111,7 @@ def setters() -> dict[str, Callable[[], None]]:
         "guard": state(metrics=False, tracing=False),
         "metrics": state(metrics=True, tracing=False),
         "api-only": state(metrics=False, tracing=True),
+        "both-api": state(metrics=True, tracing=True),
         "tracing": state(metrics=False, tracing=True, tracer_provider=provider),
         "both": state(metrics=True, tracing=True, tracer_provider=provider),
     }

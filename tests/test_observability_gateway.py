@@ -19,17 +19,21 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from prompt_middleware import observability
+from prompt_middleware.gateway.app import build_app
 from prompt_middleware.gateway.config import load_config
+from prompt_middleware.testing import asgi_client
 
 from .fake_langfuse import OTEL_TRACES_PATH, FakeLangfuse
 from .fake_openai import INPUT_TOKENS, OUTPUT_TOKENS, FakeOpenAI
 from .gateway_process import ROOT, Gateway, gateway_env, run_cli, serving, write_config
-from .servers import running_server
+from .servers import free_port, running_server
 from .test_observability_metrics import value
 
 NAME = "support/triage"
 KEY = "sk-gw-obs-0123456789"
 OTLP_PUBLIC, OTLP_SECRET = "pk-lf-obs", "sk-lf-obs-secret"
+REWRITES = "prompt_middleware_rewrites_total"
 
 
 def _prompts(folder: Path) -> Path:
@@ -338,3 +342,25 @@ def test_the_docs_gateway_config_loads(tmp_path: Path, monkeypatch: pytest.Monke
     experiment = config.experiments[NAME]
     assert experiment.labels == {"production": 90, "candidate": 10}
     assert (config.server.workers, config.server.log_format) == (2, "json")
+
+
+@pytest.mark.anyio
+async def test_the_app_switches_observability_on_for_its_lifespan(tmp_path: Path) -> None:
+    """In-process (asyncio and trio): on at startup, off at shutdown, metrics without a key."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: the upstream answers 502
+    app = build_app(load_config(str(_config(tmp_path, closed, metrics={}))))
+    assert observability.active is None
+    passed = {"endpoint": "chat_completions", "outcome": "passed"}
+    async with asgi_client(app) as client:
+        observer = observability.active
+        assert observer is not None
+        assert observer.metrics is not None
+        assert observer.tracing is None  # no endpoint configured
+        before = value((await client.get("/metrics")).text, REWRITES, **passed)
+        headers = {"authorization": f"Bearer {KEY}"}
+        body = {"model": "m", "messages": []}
+        response = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert response.status_code == 502
+        after = value((await client.get("/metrics")).text, REWRITES, **passed)
+    assert after - before == 1
+    assert observability.active is None

@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from prompt_middleware import observability
@@ -331,3 +332,37 @@ def test_spans_once_the_application_sets_a_provider() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["True", "rewrite p True"]
+
+
+class _DropRewrites(Sampler):
+    """Records every root span except the rewrite span."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        name = kwargs.get("name", args[2] if len(args) > 2 else "")
+        decision = Decision.DROP if name == "rewrite" else Decision.RECORD_AND_SAMPLE
+        return SamplingResult(decision)
+
+    def get_description(self) -> str:
+        return "drop rewrites"
+
+
+async def test_a_sampled_out_request_records_no_upstream_span_either(
+    upstream: tuple[FakeOpenAI, str],
+) -> None:
+    fake, url = upstream
+    fake.seen.clear()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(_DropRewrites()))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    observability.enable(metrics=False, tracing=True, tracer_provider=provider)
+    try:
+        app = PromptMiddleware(UpstreamProxy(url + "/v1"), _registry())
+        async with asgi_client(app) as client:
+            response = await client.post("/v1/chat/completions", json={"prompt_id": NAME})
+            assert response.status_code == 200
+    finally:
+        observability.disable()
+        provider.shutdown()
+    # The upstream span is the dropped rewrite span's child: dropped with it, not a new root.
+    assert exporter.get_finished_spans() == ()
+    assert len(fake.seen) == 1

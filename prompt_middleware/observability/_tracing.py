@@ -96,7 +96,8 @@ class Tracing:
 
     def start_request(self, headers: list[tuple[bytes, bytes]]) -> tuple[Span, object] | None:
         """The span around one guarded request, made current; returns (span, token to detach),
-        or None when spans are not recorded (no SDK, or sampled out): nothing more to do.
+        or None when no provider is set: nothing more to do. A span the sampler dropped is made
+        current too, so that the upstream span follows the same decision.
 
         With no span current (no server instrumentation), an incoming `traceparent` is its
         parent, so a client's trace continues through the gateway.
@@ -112,8 +113,6 @@ class Tracing:
                     parent = propagate.extract(_carrier(headers))
                 break
         span = tracer.start_span("rewrite", context=parent, kind=SpanKind.INTERNAL)
-        if not span.is_recording():
-            return None
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         return span, token
 
@@ -128,6 +127,8 @@ class Tracing:
         error: BaseException | None,
     ) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
+        if not span.is_recording():  # sampled out: nothing to set, nothing to send
+            return
         name, attributes = _request_end(prompt, outcome, cache)
         if name is not None:
             span.update_name(name)
