@@ -280,6 +280,9 @@ def test_an_experiment_label_without_a_prompt_keeps_the_gateway_unready(
     log = "\n".join(gateway.log)
     assert "'support/triage' label 'canary'" in log
     assert "'support/triage' label 'production'" not in log
+    # Stopping while the check is retried is a clean stop.
+    assert gateway.process.returncode == 0
+    assert "Traceback" not in log
 
 
 # Startup errors

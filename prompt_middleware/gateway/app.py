@@ -24,11 +24,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -324,20 +325,21 @@ class GatewayApp:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Lifespan passes on; once started, readiness is worked out in the background."""
         error: Exception | None = None
+        jobs = [job.run for job in (self.readiness, self.coherence) if job is not None]
+        background = _Background(jobs)
         async with anyio.create_task_group() as task_group:
 
             async def started(message: Message) -> None:
                 kind = message["type"]
-                if self.observe is not None:
-                    if kind == "lifespan.startup.complete":
-                        self.observe.start()
-                    elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                        await self.observe.stop()  # before the server may exit
                 if kind == "lifespan.startup.complete":
-                    if self.readiness is not None:
-                        task_group.start_soon(self.readiness.run)
-                    if self.coherence is not None:
-                        task_group.start_soon(self.coherence.run)
+                    if self.observe is not None:
+                        self.observe.start()
+                    background.start(task_group)
+                elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                    # Before the server may exit: it stops the event loop once told.
+                    await background.stop()
+                    if self.observe is not None:
+                        await self.observe.stop()
                 await send(message)
 
             try:
@@ -348,6 +350,36 @@ class GatewayApp:
                 task_group.cancel_scope.cancel()
         if error is not None:
             raise error
+
+
+class _Background:
+    """The gateway's background work (readiness, coherence), ended before the server is told
+    that shutdown is complete: uvicorn then stops the event loop, and a task still unwinding
+    would be cancelled from outside, which uvicorn logs as a lifespan error."""
+
+    def __init__(self, jobs: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        self._jobs = jobs
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._started = False
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._started = True
+        task_group.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as jobs:
+                    for job in self._jobs:
+                        jobs.start_soon(job)
+        finally:
+            self._done.set()
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        if self._started:
+            await self._done.wait()
 
 
 class _Router:
