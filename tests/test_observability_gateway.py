@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prompt_middleware import observability
 from prompt_middleware.gateway.app import build_app
 from prompt_middleware.gateway.config import load_config
+from prompt_middleware.registries.coherence.webhook import sign
 from prompt_middleware.testing import asgi_client
 
 from .fake_langfuse import OTEL_TRACES_PATH, FakeLangfuse
@@ -371,3 +372,40 @@ async def test_the_app_switches_observability_on_for_its_lifespan(tmp_path: Path
 
 def _active() -> observability.Observer | None:
     return observability.active  # read anew each time (mypy would narrow the attribute)
+
+
+@pytest.mark.anyio
+async def test_webhook_outcomes_are_counted(tmp_path: Path) -> None:
+    secret = "lf-whsec_" + "ab" * 32
+    webhooks = {"langfuse": {"secrets": [secret]}}
+    closed = f"http://127.0.0.1:{free_port()}"
+    app = build_app(load_config(str(_config(tmp_path, closed, metrics={}, webhooks=webhooks))))
+    event = {
+        "id": "evt-1",
+        "timestamp": "2026-12-07T10:00:00.000Z",
+        "type": "prompt-version",
+        "apiVersion": "v1",
+        "action": "updated",
+        "prompt": {"id": "p-1", "name": NAME, "version": 3, "projectId": "project-1"},
+    }
+    deliveries = [
+        (json.dumps(event).encode(), True),  # accepted
+        (json.dumps(event).encode(), True),  # the same id again: duplicate
+        (json.dumps({**event, "id": "evt-2", "type": "trace-create"}).encode(), True),
+        (b"[]", True),  # signed, not a delivery: invalid
+        (json.dumps({**event, "id": "evt-3"}).encode(), False),  # unsigned: unauthorized
+    ]
+    outcomes = ("accepted", "duplicate", "ignored", "invalid", "unauthorized")
+    webhooks_total = "prompt_middleware_webhook_requests_total"
+    async with asgi_client(app) as client:
+        text = (await client.get("/metrics")).text
+        before = {outcome: value(text, webhooks_total, outcome=outcome) for outcome in outcomes}
+        statuses = []
+        for body, signed in deliveries:
+            headers = {"x-langfuse-signature": sign(body, secret)} if signed else {}
+            response = await client.post("/webhooks/langfuse", content=body, headers=headers)
+            statuses.append(response.status_code)
+        text = (await client.get("/metrics")).text
+    assert statuses == [200, 200, 200, 400, 401]
+    for outcome in outcomes:
+        assert value(text, webhooks_total, outcome=outcome) - before[outcome] == 1, outcome

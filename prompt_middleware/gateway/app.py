@@ -49,7 +49,7 @@ from ..registries.files import FileRegistry
 from ..registries.langfuse import LangfuseRegistry
 from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
 from .echo import EchoUpstream
-from .observing import GatewayObservability
+from .observing import GatewayObservability, count_webhooks
 from .upstream import UpstreamProxy
 
 __all__ = ["SERVE_ENV", "ClientKeys", "GatewayApp", "Readiness", "build_app", "create_app"]
@@ -187,7 +187,11 @@ class GatewayApp:
         self._metrics_path = observe.metrics_path if observe is not None else None
         self.coherence = coherence
         # Signed instead of keyed: Langfuse sends no client key (DESIGN §10).
-        self._webhook = coherence.webhook_app if coherence is not None else None
+        self._webhook = (
+            count_webhooks(coherence.webhook_app)
+            if coherence is not None and coherence.webhook_app is not None
+            else None
+        )
         self._webhook_path = webhook_path
         self.router = router
         self.keys = keys

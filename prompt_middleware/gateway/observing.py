@@ -20,12 +20,19 @@ from pathlib import Path
 from typing import Final
 
 import httpx
-from starlette.types import ASGIApp
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import observability
 from .config import ConfigError, GatewayConfig
 
-__all__ = ["MULTIPROC_ENV", "GatewayObservability", "describe", "prepare_worker_metrics"]
+__all__ = [
+    "MULTIPROC_ENV",
+    "GatewayObservability",
+    "count_webhooks",
+    "describe",
+    "prepare_worker_metrics",
+]
 
 logger = logging.getLogger("prompt_middleware.gateway")
 
@@ -111,6 +118,53 @@ def prepare_worker_metrics(config: GatewayConfig) -> Path | None:
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
     logger.debug("the workers' metrics are kept in %s", directory)
     return directory
+
+
+# The webhook route's answers, by status: 200s say which in their body ({"status": ...}).
+_WEBHOOK_OUTCOMES = {
+    400: "invalid",
+    401: "unauthorized",
+    405: "method_not_allowed",
+    413: "too_large",
+}
+_WEBHOOK_STATUSES = frozenset({"accepted", "ignored", "duplicate"})
+
+
+def count_webhooks(app: ASGIApp) -> ASGIApp:
+    """`app` (the webhook route) with each answer counted in
+    `prompt_middleware_webhook_requests_total{outcome}`: accepted, ignored, duplicate,
+    unauthorized (bad or stale signature), invalid, too_large, method_not_allowed."""
+
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        status = 0
+        body = b""
+
+        async def watched(message: Message) -> None:
+            nonlocal status, body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200 and len(body) < 256:
+                body += message.get("body", b"")
+            await send(message)
+
+        await app(scope, receive, watched)
+        if status:
+            observability.record_webhook(_webhook_outcome(status, body))
+
+    return counted
+
+
+def _webhook_outcome(status: int, body: bytes) -> str:
+    if status == 200:
+        try:
+            said = orjson.loads(body).get("status")
+        except (orjson.JSONDecodeError, AttributeError):
+            said = None
+        return said if said in _WEBHOOK_STATUSES else "ok"
+    return _WEBHOOK_OUTCOMES.get(status, f"{status // 100}xx")
 
 
 def _exporter_available() -> bool:
