@@ -241,6 +241,7 @@ ERRORS = [
         "experiments.p.sticky: expected one of user, header, got 'cookie'",
     ),
     ("server: {log_format: xml}\n", "server.log_format: expected one of text, json"),
+    ("metrics: {path: /health}\n", "metrics.path: /health is already the health check's"),
     ("cache: {redis_url: 'http://x'}\n", "cache.redis_url: expected a redis:// or rediss://"),
     ("cache: {ttl: 1}\ncache: {ttl: 2}\n", "gateway.yaml: line 4: key 'cache' is repeated"),
     ("server: {port: [\n", "gateway.yaml: invalid YAML at line 4"),

@@ -957,8 +957,24 @@ def _check(config: GatewayConfig) -> None:
             f"the gateway listens on {config.server.host}, so anyone who reaches it would spend "
             "that key; add auth: {keys: [...]} or say auth: {keys: [], allow_anonymous: true}"
         )
+    _check_routes(config)
     for model in config.models:
         if not any(u.name == model.upstream for u in config.upstreams):
             raise ConfigError(
                 f"{where}: models.{model.alias}.upstream: no upstream {model.upstream!r}"
             )
+
+
+def _check_routes(config: GatewayConfig) -> None:
+    """The gateway's own routes must not shadow one another."""
+    if config.metrics is None:
+        return
+    taken = {"/health": "the health check", "/health/ready": "the readiness check"}
+    webhook = config.webhooks.langfuse if config.webhooks is not None else None
+    if webhook is not None:
+        taken[webhook.path] = "webhooks.langfuse.path"
+    clash = taken.get(config.metrics.path)
+    if clash is not None:
+        raise ConfigError(
+            f"{config.source}: metrics.path: {config.metrics.path} is already {clash}'s route"
+        )
