@@ -122,8 +122,10 @@ def test_flags_override_the_file(folder: Path) -> None:
             "text_role": "system",
             "strict_variables": True,
             "read_timeout": 0.0,
+            "log_format": "json",
         },
     )
+    assert config.server.log_format == "json"
     assert config.upstreams[0].name == "openai"  # aliases still point at it
     assert config.upstreams[0].base_url == "echo"
     assert config.upstreams[0].api_key is None  # never sent to where the flag points
