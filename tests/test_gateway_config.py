@@ -12,9 +12,7 @@ import pytest
 from prompt_middleware.gateway.app import build_app
 from prompt_middleware.gateway.cli import _parser, main
 from prompt_middleware.gateway.config import (
-    NOT_YET_ACTIVE,
     ConfigError,
-    inactive_settings,
     load_config,
 )
 
@@ -89,13 +87,11 @@ def test_design_example_parses(folder: Path) -> None:
     assert config.webhooks.langfuse is not None
     assert config.webhooks.langfuse.secrets == ("lf-whsec_secret",)
     assert config.experiments["support/triage"].labels == {"production": 90, "candidate": 10}
-    # Parsed and validated, reported as not active yet; secrets never in a repr.
-    assert inactive_settings(config) == [
-        "metrics",
-        "tracing",
-        "experiments",
-    ]
-    assert set(inactive_settings(config)) <= set(NOT_YET_ACTIVE)
+    assert config.experiments["support/triage"].sticky == "user"
+    assert config.metrics is not None
+    assert config.metrics.path == "/metrics"
+    assert config.tracing is not None
+    # Secrets never in a repr.
     for secret in SECRETS.values():
         assert secret not in repr(config)
     build_app(config)
@@ -112,7 +108,6 @@ def test_json_and_env_numbers(folder: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert loaded.server.port == 4123
     assert loaded.server.workers == 2
     assert loaded.upstreams[0].timeout.read == 12
-    assert inactive_settings(loaded) == []
 
 
 def test_flags_override_the_file(folder: Path) -> None:
@@ -127,8 +122,10 @@ def test_flags_override_the_file(folder: Path) -> None:
             "text_role": "system",
             "strict_variables": True,
             "read_timeout": 0.0,
+            "log_format": "json",
         },
     )
+    assert config.server.log_format == "json"
     assert config.upstreams[0].name == "openai"  # aliases still point at it
     assert config.upstreams[0].base_url == "echo"
     assert config.upstreams[0].api_key is None  # never sent to where the flag points
@@ -241,6 +238,12 @@ ERRORS = [
     ("webhooks: {langfuse: {path: /h}}\n", "webhooks.langfuse.secrets: expected at least one"),
     ("metrics: {path: metrics}\n", "metrics.path: expected a path starting with /"),
     ("experiments: {p: {labels: {}}}\n", "experiments.p.labels: expected labels with weights"),
+    (
+        "experiments: {p: {labels: {a: 1}, sticky: cookie}}\n",
+        "experiments.p.sticky: expected one of user, header, got 'cookie'",
+    ),
+    ("server: {log_format: xml}\n", "server.log_format: expected one of text, json"),
+    ("metrics: {path: /health}\n", "metrics.path: /health is already the health check's"),
     ("cache: {redis_url: 'http://x'}\n", "cache.redis_url: expected a redis:// or rediss://"),
     ("cache: {ttl: 1}\ncache: {ttl: 2}\n", "gateway.yaml: line 4: key 'cache' is repeated"),
     ("server: {port: [\n", "gateway.yaml: invalid YAML at line 4"),
@@ -348,14 +351,18 @@ def _doc_blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", text, flags=re.DOTALL)
 
 
-def test_docs_configs_load(folder: Path) -> None:
-    """docs/gateway.md's minimal config, with its sections accepted ahead, loads; its LiteLLM
+def test_docs_configs_load(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/gateway.md's minimal config, with its observability sections, loads; its LiteLLM
     example is the shipped one."""
-    minimal, ahead, litellm = _doc_blocks("yaml")
-    config = load_config(_write(folder, minimal + ahead))
+    minimal, observing, litellm = _doc_blocks("yaml")
+    monkeypatch.setenv("LANGFUSE_OTLP_AUTH", "Basic x")
+    config = load_config(_write(folder, minimal + observing))
     assert config.models[0].alias == "support-bot"
     assert config.server.workers == 2
-    assert inactive_settings(config) == ["metrics", "tracing", "experiments"]
+    assert config.metrics is not None
+    assert config.tracing is not None
+    assert config.tracing.headers == {"Authorization": "Basic x"}
+    assert config.experiments["support/triage"].labels == {"production": 90, "candidate": 10}
     shipped = (ROOT / "examples" / "litellm_config.yaml").read_text()
     assert litellm in shipped
 

@@ -34,7 +34,8 @@ from .._asgi import json_text
 from ..core.errors import PromptMiddlewareError
 from ..core.prompts import Prompt
 from ..registries.base import PromptRegistry
-from .config import LOG_LEVELS, GatewayConfig, UpstreamConfig
+from .config import LOG_FORMATS, LOG_LEVELS, GatewayConfig, UpstreamConfig
+from .observing import describe as describe_observability
 
 __all__ = ["main"]
 
@@ -146,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="[info]",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line (access log fields as keys) [text]",
+    )
 
     render = commands.add_parser(
         "render",
@@ -213,6 +219,7 @@ _OVERRIDES = (
     "text_role",
     "client_messages",
     "log_level",
+    "log_format",
 )
 
 
@@ -221,8 +228,10 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise CLIError("'serve' needs uvicorn: pip install 'prompt-middleware[server]'") from None
+    from .. import observability
     from .app import SERVE_ENV, build_app, serve_environment
-    from .config import ConfigError, inactive_settings, load_config
+    from .config import ConfigError, load_config
+    from .observing import prepare_worker_metrics
 
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     if overrides["prompts"] is not None:
@@ -231,21 +240,14 @@ def _serve(args: argparse.Namespace) -> int:
     path = str(Path(args.config).resolve()) if args.config else None
     try:
         config = load_config(path, overrides)
-        logging.basicConfig(
-            level=config.server.log_level.upper(), format="%(levelname)s:     %(message)s"
-        )
+        observability.configure_logging(config.server.log_level, config.server.log_format)
+        prepare_worker_metrics(config)  # before the app imports prometheus_client
         app = build_app(config)  # in the parent too, so workers start from a checked config
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     if path is not None:
         # One line, as the file's own name reads better than its resolved path.
         config = replace(config, source=args.config)
-    inactive = inactive_settings(config)
-    if inactive:
-        logger.warning(
-            "set but not active yet in this version (validated, then ignored): %s",
-            ", ".join(inactive),
-        )
     logger.info(describe(config))
     server = config.server
     options: dict[str, Any] = {
@@ -255,6 +257,8 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "timeout_graceful_shutdown": server.graceful_timeout,
     }
+    if server.log_format == "json":  # uvicorn's lines through our JSON handler, not its own
+        options["log_config"] = None
     # uvicorn drains, then raises the SIGTERM it caught again (Server.capture_signals) to end
     # with the signal's default action; a handler that does nothing lets `serve` exit 0 instead.
     signal.signal(signal.SIGTERM, _drained)
@@ -301,6 +305,7 @@ def describe(config: GatewayConfig) -> str:
         )
     else:
         parts.append("auth: none (any client that reaches it may call it)")
+    parts += describe_observability(config)
     return "; ".join(parts)
 
 

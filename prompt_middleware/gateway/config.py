@@ -5,9 +5,6 @@ and returns a frozen `GatewayConfig`; anything wrong is a `ConfigError` whose me
 naming the file, the key and what was expected. Values written `os.environ/NAME` are read from the
 environment (a LiteLLM file's `environment_variables` first); a missing or empty one is an error.
 Relative paths in a file are relative to the file's folder.
-
-Sections other parts of the gateway wire later are parsed and validated now; `NOT_YET_ACTIVE`
-lists them, and `inactive_settings` says which of them a config sets.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from ..registries.cache import DEFAULT_MAX_STALE
 from ._target import without_userinfo
 
 __all__ = [
-    "NOT_YET_ACTIVE",
     "AuthConfig",
     "CacheConfig",
     "ConfigError",
@@ -44,7 +40,6 @@ __all__ = [
     "TracingConfig",
     "UpstreamConfig",
     "WebhooksConfig",
-    "inactive_settings",
     "is_loopback",
     "load_config",
 ]
@@ -54,13 +49,7 @@ ECHO: Final = "echo"
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_UPSTREAM: Final = "default"
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
-
-NOT_YET_ACTIVE: Final = (
-    "metrics",
-    "tracing",
-    "experiments",
-)
-"""Settings that are accepted and validated but not acted on yet: drop a name once it is wired."""
+LOG_FORMATS: Final = ("text", "json")
 
 _LITELLM_KEYS: Final = frozenset(
     {"model_list", "general_settings", "litellm_settings", "environment_variables"}
@@ -175,8 +164,10 @@ class TracingConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A weighted label rollout of one prompt (`prompt_middleware.core.experiments`)."""
+
     labels: Mapping[str, float]
-    sticky: str | None = None
+    sticky: Literal["user", "header"] = "user"
 
 
 @dataclass(frozen=True)
@@ -186,6 +177,7 @@ class ServerConfig:
     workers: int = 1
     graceful_timeout: float = 30.0
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
     max_body_size: int = 10 * 2**20
 
 
@@ -208,20 +200,6 @@ class GatewayConfig:
 
     def upstream(self, name: str) -> UpstreamConfig:
         return next(u for u in self.upstreams if u.name == name)
-
-
-def inactive_settings(config: GatewayConfig) -> list[str]:
-    """The settings of `NOT_YET_ACTIVE` that `config` sets."""
-    given = {
-        "registry.fallback_files": config.registry.fallback_files is not None,
-        "cache.redis_url": config.cache.redis_url is not None,
-        "cache.poll_interval": config.cache.poll_interval is not None,
-        "webhooks": config.webhooks is not None,
-        "metrics": config.metrics is not None,
-        "tracing": config.tracing is not None,
-        "experiments": bool(config.experiments),
-    }
-    return [name for name in NOT_YET_ACTIVE if given[name]]
 
 
 def is_loopback(host: str) -> bool:
@@ -722,9 +700,9 @@ def _experiments(s: _Section) -> dict[str, ExperimentConfig]:
         weights = {label: labels.number(label, 0.0) for label in labels.names()}
         if not weights or sum(weights.values()) <= 0:
             raise e.error("labels", "expected labels with weights adding up to more than 0")
-        sticky = e.choice("sticky", ("user",), "user") if e.has("sticky") else None
+        sticky = e.choice("sticky", ("user", "header"), "user")
         e.done()
-        out[name] = ExperimentConfig(weights, sticky)
+        out[name] = ExperimentConfig(weights, "header" if sticky == "header" else "user")
     return out
 
 
@@ -735,6 +713,7 @@ def _server(s: _Section) -> ServerConfig:
         workers=s.integer("workers", 1, 1),
         graceful_timeout=s.number("graceful_timeout", 30.0),
         log_level=s.choice("log_level", LOG_LEVELS, "info"),
+        log_format="json" if s.choice("log_format", LOG_FORMATS, "text") == "json" else "text",
         max_body_size=s.integer("max_body_size", 10 * 2**20, 1),
     )
     s.done()
@@ -953,6 +932,7 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
             workers="workers",
             graceful_timeout="graceful_timeout",
             log_level="log_level",
+            log_format="log_format",
         ),
     )
 
@@ -982,8 +962,24 @@ def _check(config: GatewayConfig) -> None:
             f"the gateway listens on {config.server.host}, so anyone who reaches it would spend "
             "that key; add auth: {keys: [...]} or say auth: {keys: [], allow_anonymous: true}"
         )
+    _check_routes(config)
     for model in config.models:
         if not any(u.name == model.upstream for u in config.upstreams):
             raise ConfigError(
                 f"{where}: models.{model.alias}.upstream: no upstream {model.upstream!r}"
             )
+
+
+def _check_routes(config: GatewayConfig) -> None:
+    """The gateway's own routes must not shadow one another."""
+    if config.metrics is None:
+        return
+    taken = {"/health": "the health check", "/health/ready": "the readiness check"}
+    webhook = config.webhooks.langfuse if config.webhooks is not None else None
+    if webhook is not None:
+        taken[webhook.path] = "webhooks.langfuse.path"
+    clash = taken.get(config.metrics.path)
+    if clash is not None:
+        raise ConfigError(
+            f"{config.source}: metrics.path: {config.metrics.path} is already {clash}'s route"
+        )
