@@ -236,10 +236,24 @@ class CachedRegistry:
         if observability.active is not None:
             observability.active.cache_lookup("miss")
         flight = self._inflight.get(key) or self._start_fetch(key, registry)
-        await flight.done.wait()
+        await self._wait(key, flight)
         if isinstance(flight.result, Prompt):
             return flight.result
         raise flight.result.with_traceback(flight.traceback)
+
+    async def _wait(self, key: _Key, flight: _Flight) -> None:
+        if self._fetch_timeout is None:
+            await flight.done.wait()
+            return
+        # Waiters keep their own bound: the call is cancelled at the same deadline, but a
+        # registry may defer a cancellation (LangfuseRegistry does while httpx's pool hands it
+        # a connection). The late call is left to end alone; later requests start anew.
+        with anyio.move_on_after(self._fetch_timeout):
+            await flight.done.wait()
+        if not flight.done.is_set():
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+            raise RegistryUnavailable(f"The prompt registry timed out fetching {_ref(key)}.")
 
     def set_task_group(self, task_group: anyio.abc.TaskGroup | None) -> None:
         """Start registry calls in `task_group` from now on; None: in detached tasks."""

@@ -1,0 +1,71 @@
+"""A burst of slow Langfuse answers must not disable prompt fetching (issue #16, item 1).
+
+Hundreds of cold prompts are fetched at once from a fake Langfuse on 127.0.0.1 that answers
+slower than the timeouts; then it answers at once, and a fetch must succeed. Before the fix,
+fetches cancelled while httpx's pool handed them a connection left every slot "connecting"
+(encode/httpcore#1093), and every later fetch timed out until a restart.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from prompt_middleware import CachedRegistry, LangfuseRegistry, RegistryUnavailable
+
+from .fake_langfuse import FakeLangfuse
+
+pytestmark = pytest.mark.anyio
+
+PK, SK = "pk-lf-burst", "sk-lf-burst-secret"
+BURST = 400  # four times the client's 100 connections
+
+
+@pytest.mark.parametrize(
+    ("registry_timeout", "fetch_timeout"),
+    [
+        pytest.param(0.3, 10.0, id="langfuse-timeout"),
+        pytest.param(5.0, 0.3, id="cache-fetch-timeout"),
+    ],
+)
+async def test_fetching_recovers_after_a_burst_of_slow_answers(
+    served: tuple[FakeLangfuse, str],
+    clean_fake: FakeLangfuse,
+    registry_timeout: float,
+    fetch_timeout: float,
+) -> None:
+    fake, url = clean_fake, served[1]
+    for i in range(BURST):
+        fake.add_prompt(PK, SK, f"cold-{i}", "hi")
+    fake.add_prompt(PK, SK, "after", "Hello")
+    registry = LangfuseRegistry(
+        PK, SK, base_url=url, timeout=registry_timeout, retry_base_delay=0.05
+    )
+    cache = CachedRegistry(registry, fetch_timeout=fetch_timeout)
+    outcomes: dict[str, int] = {}
+
+    async def fetch(name: str) -> None:
+        try:
+            await cache.get_prompt(name)
+        except RegistryUnavailable:
+            outcomes["unavailable"] = outcomes.get("unavailable", 0) + 1
+        else:
+            outcomes["ok"] = outcomes.get("ok", 0) + 1
+
+    fake.delay = 1.0
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            for i in range(BURST):
+                group.start_soon(fetch, f"cold-{i}")
+    assert outcomes == {"unavailable": BURST}
+
+    fake.delay = 0.0
+    fake.release()
+    try:
+        # The registry's HTTP client is what the burst broke: asked through a new cache (the
+        # default fetch_timeout), only a broken client fails here. 10 s is generous (it is ms).
+        with anyio.fail_after(10):
+            prompt = await CachedRegistry(registry).get_prompt("after")
+        assert prompt.prompt == "Hello"
+    finally:
+        await cache.aclose()
