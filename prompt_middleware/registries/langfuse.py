@@ -281,19 +281,31 @@ class LangfuseRegistry:
                         request, auth=None, follow_redirects=False, stream=True
                     )
                 try:
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > self._max_response_size:
-                            raise _TooLarge
-                        chunks.append(chunk)
+                    body = await self._read_capped(response)
                 finally:
                     with anyio.CancelScope(shield=True):
                         await response.aclose()
             finally:
                 admission.release()
-        return _Answer(response.status_code, response.headers, b"".join(chunks))
+        return _Answer(response.status_code, response.headers, body)
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The body, decompressed; `_TooLarge` past `max_response_size` without keeping more."""
+        limit = self._max_response_size
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        # Read to the end even past the limit (dropping what comes): httpx's generators left
+        # unfinished are only closed by the garbage collector, with a ResourceWarning on trio.
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+        if size > limit:
+            raise _TooLarge
+        return b"".join(chunks)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
