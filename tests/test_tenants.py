@@ -22,7 +22,7 @@ from prompt_middleware.registries.tenants import LangfuseTenants
 from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import FakeLangfuse
-from .helpers import asgi_call, openai_error
+from .helpers import Clock, asgi_call, openai_error, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -245,3 +245,37 @@ async def test_secrets_never_logged(
 def test_request_credentials_need_a_langfuse_registry() -> None:
     with pytest.raises(TypeError, match="LangfuseRegistry"):
         PromptMiddleware(CaptureApp(), registry=InMemoryRegistry(), allow_request_credentials=True)
+
+
+async def test_revoked_request_keys_stop_working_at_the_next_refresh(
+    fake: FakeLangfuse, served: tuple[FakeLangfuse, str], capture: CaptureApp
+) -> None:
+    """A 401 from Langfuse is not an outage: the tenant's cached prompt is not served stale to
+    keys Langfuse has revoked (issue #16, item 5), and the refusal is remembered briefly."""
+    clock = Clock()
+    registry = LangfuseRegistry(BASE_PK, BASE_SK, base_url=served[1], max_retries=0)
+    cache = CachedRegistry(registry, ttl=10, negative_ttl=5, clock=clock)
+    mw = PromptMiddleware(capture, registry=cache, allow_request_credentials=True)
+    body = {"model": "m", "prompt_id": "greet", **creds(A_PK, A_SK)}
+    async with asgi_client(mw) as client:
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        del fake.projects[(A_PK, A_SK)]  # the keys are revoked
+        clock.now += 11
+        # The stale copy answers while the refresh learns of the revocation...
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        await settle(lambda: cache.stats.fetch_errors == 1)
+        # ...and from then on the revoked keys get nothing, without asking Langfuse each time.
+        seen = fake.request_count
+        for _ in range(3):
+            response = await client.post("/v1/chat/completions", json=body)
+            err = openai_error(response, 502, "prompt_registry_auth_failed")
+            assert A_SK not in err["message"]
+        assert fake.request_count == seen
+        # Other keys are untouched.
+        other = {"model": "m", "prompt_id": "greet", **creds(B_PK, B_SK)}
+        assert (await client.post("/v1/chat/completions", json=other)).status_code == 200
+    assert [c.json["messages"][0]["content"] for c in capture.requests] == [
+        "tenant A says hi",
+        "tenant A says hi",
+        "tenant B says hi",
+    ]
