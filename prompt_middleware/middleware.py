@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import observability
 from ._asgi import read_body, replay, send_error
 from .core.encoding import content_coding, decodable, decode_body
-from .core.errors import PromptMiddlewareError, PromptNotFound, RequestTooLarge
+from .core.errors import MethodNotAllowed, PromptMiddlewareError, PromptNotFound, RequestTooLarge
 from .core.experiments import Experiment, choose_label, parse_experiments, sticky_key
 from .core.prompts import Prompt, PromptRef
 from .core.references import ModelPrompt, PromptRequest, find_prompt_request, reference_markers
@@ -38,6 +38,7 @@ _BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
 _MAX_NAME_HEADER = 1024
 _NAME_SAFE = "/-_.~:@"
 _ELLIPSIS = "%E2%80%A6"
+_ALLOW_POST = ((b"allow", b"POST"),)
 
 
 class PromptMiddleware:
@@ -104,6 +105,14 @@ class PromptMiddleware:
                     await observability.active.guard(self._handle, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._pass_lifespan(scope, receive, send)
+        elif scope["type"] == "http" and not scope["method"].isupper() and self._matches(scope):
+            # `post` is not POST, but the HTTP client behind may send it as POST: refused,
+            # never passed on unexamined (h11 hands the method on as the client spelled it).
+            error = MethodNotAllowed(
+                f"Method {scope['method']!r} is not allowed here; HTTP methods are"
+                " case-sensitive (send POST)."
+            )
+            await send_error(send, error, _ALLOW_POST)
         else:
             await self.app(scope, receive, send)
 
