@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from functools import lru_cache, partial
@@ -32,6 +33,8 @@ __all__ = ["PromptMiddleware"]
 logger = logging.getLogger("prompt_middleware")
 
 DEFAULT_SUFFIXES = ("/chat/completions", "/responses")
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds a guarded request's body may take to arrive in all before a 408."""
 RESPONSES_SUFFIX = "/responses"
 _BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
 # x-prompt-name: longer names are cut (HTTP clients cap header sizes, h11 at 16 KiB in all).
@@ -64,11 +67,14 @@ class PromptMiddleware:
         allowed_langfuse_hosts: Collection[str] | None = None,
         authorize: Callable[[Scope], Awaitable[object]] | None = None,
         experiments: Mapping[str, Experiment | Mapping[str, Any]] | None = None,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if client_messages not in ("replace", "append"):
             raise ValueError("client_messages must be 'replace' or 'append'")
         if max_body_size <= 0:
             raise ValueError("max_body_size must be positive")
+        if body_timeout is not None and not (body_timeout > 0 and math.isfinite(body_timeout)):
+            raise ValueError("body_timeout must be a positive number of seconds or None")
         self.app = app
         if cache_ttl > 0 and not isinstance(registry, CachedRegistry):
             registry = CachedRegistry(registry, ttl=cache_ttl)
@@ -76,6 +82,7 @@ class PromptMiddleware:
         self._cache = registry if isinstance(registry, CachedRegistry) else None
         self._paths = frozenset(paths) if paths is not None else None
         self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
         self.options = RewriteOptions(strict_variables, client_messages, text_role)
         self._model_prompts: Mapping[str, ModelPrompt] = MappingProxyType(
             {
@@ -146,7 +153,7 @@ class PromptMiddleware:
         try:
             if too_large:  # refused before reading, so the client gets no 100 Continue
                 raise _too_large(limit)
-            body = await read_body(receive, self.max_body_size)
+            body = await read_body(receive, self.max_body_size, self.body_timeout)
             if body is None:  # the client left before the body was complete
                 return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
