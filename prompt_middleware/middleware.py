@@ -17,7 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import observability
 from ._asgi import read_body, replay, send_error
 from .core.encoding import content_coding, decodable, decode_body
-from .core.errors import MethodNotAllowed, PromptMiddlewareError, PromptNotFound, RequestTooLarge
+from .core.errors import (
+    MethodNotAllowed,
+    PromptMiddlewareError,
+    PromptNotFound,
+    RequestTooLarge,
+    UnsupportedContentEncoding,
+)
 from .core.experiments import Experiment, choose_label, parse_experiments, sticky_key
 from .core.prompts import Prompt, PromptRef
 from .core.references import ModelPrompt, PromptRequest, find_prompt_request, reference_markers
@@ -146,11 +152,12 @@ class PromptMiddleware:
             elif name == b"content-length" and _declares_more(header[1], limit):
                 too_large = True
         coding = content_coding(codings) if codings else ""
-        if not decodable(coding):
-            # A coding we cannot undo (br, zstd, stacked ones): forwarded as is; see the README.
-            await self.app(scope, receive, send)
-            return
         try:
+            if not decodable(coding):  # it would go on unexamined, prompt fields and keys too
+                raise UnsupportedContentEncoding(
+                    f"Content-Encoding {coding!r} is not supported here: send the body"
+                    " uncompressed, or compressed with gzip or deflate."
+                )
             if too_large:  # refused before reading, so the client gets no 100 Continue
                 raise _too_large(limit)
             body = await read_body(receive, self.max_body_size, self.body_timeout)

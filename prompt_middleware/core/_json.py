@@ -31,6 +31,7 @@ __all__ = [
     "dump_json",
     "exact_object",
     "finite",
+    "is_json",
     "load_document",
     "unsendable",
 ]
@@ -153,6 +154,16 @@ def load_document(data: bytes | str) -> Any:
         return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def is_json(body: bytes) -> bool:
+    """Whether `body` is JSON at all (any value) as the json module reads UTF-8, NaN and
+    Infinity refused; for bodies already found not to be a readable JSON object."""
+    try:
+        json.loads(body.decode("utf-8").removeprefix("\ufeff"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _finite_float(text: str) -> float:
