@@ -77,7 +77,7 @@ async def test_malformed_hosts_through_the_middleware_are_a_400(
     ],
 )
 async def test_unsendable_credentials_are_a_400_not_a_500(
-    field: str, value: str, capture: CaptureApp
+    field: str, value: str, capture: CaptureApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     mw = PromptMiddleware(capture, registry=base_registry(), allow_request_credentials=True)
     body = {"prompt_id": "greet", "langfuse_public_key": "pk-lf-a", "langfuse_secret_key": "sk"}
@@ -88,6 +88,7 @@ async def test_unsendable_credentials_are_a_400_not_a_500(
     openai_error(send, 400, "invalid_prompt_request", param=field)
     assert value not in send.body.decode("utf-8", "surrogatepass")
     assert capture.requests == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []  # no traceback
 
 
 def test_registry_for_is_cache_aware_and_pooled() -> None:
