@@ -263,6 +263,13 @@ class LangfuseRegistry:
             )
             await anyio.sleep(delay)
 
+    async def send_once(self, request: httpx.Request) -> _Answer:
+        """One attempt at `request` on this registry's client, bounded as prompt fetches are
+        (`timeout`, `max_response_size`, the client's connection slots): for other Langfuse
+        API calls sharing the client, e.g. coherence's. Raises `httpx.HTTPError` or
+        `TimeoutError`; the answer has `status_code`, `headers` and `json()`."""
+        return await self._attempt(self._http(), request)
+
     async def _attempt(self, client: httpx.AsyncClient, request: httpx.Request) -> _Answer:
         """One request and its whole answer, read within `max_response_size` and `timeout`."""
         with anyio.fail_after(self._timeout):
@@ -460,8 +467,11 @@ class _Answer:
         return load_document(self.body)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(httpx.HTTPError):
+    """An answer past `max_response_size` (an httpx error, so `send_once` callers catch it)."""
+
+    def __init__(self) -> None:
+        super().__init__("the answer is larger than max_response_size")
 
 
 def _unshield_on_first_event(
