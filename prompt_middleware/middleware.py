@@ -110,24 +110,30 @@ class PromptMiddleware:
         return self._model_prompts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
-            if self.authorize is None or await _authorized(self.authorize, scope, send):
-                if observability.active is None:
-                    await self._handle(scope, receive, send)
-                else:
-                    await observability.active.guard(self._handle, scope, receive, send)
-        elif scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "http":
+            method = scope["method"]
+            if method == "POST":
+                if self._matches(scope):
+                    if self.authorize is None or await _authorized(self.authorize, scope, send):
+                        if observability.active is None:
+                            await self._handle(scope, receive, send)
+                        else:
+                            await observability.active.guard(self._handle, scope, receive, send)
+                    return
+            elif not method.isupper() and self._matches(scope):
+                # `post` is not POST, but the HTTP client behind may send it as POST: refused,
+                # never passed on unexamined (h11 hands the method on as the client spelled it).
+                error = MethodNotAllowed(
+                    f"Method {method!r} is not allowed here; HTTP methods are"
+                    " case-sensitive (send POST)."
+                )
+                await send_error(send, error, _ALLOW_POST)
+                return
+        elif kind == "lifespan":
             await self._pass_lifespan(scope, receive, send)
-        elif scope["type"] == "http" and not scope["method"].isupper() and self._matches(scope):
-            # `post` is not POST, but the HTTP client behind may send it as POST: refused,
-            # never passed on unexamined (h11 hands the method on as the client spelled it).
-            error = MethodNotAllowed(
-                f"Method {scope['method']!r} is not allowed here; HTTP methods are"
-                " case-sensitive (send POST)."
-            )
-            await send_error(send, error, _ALLOW_POST)
-        else:
-            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
     def _matches(self, scope: Scope) -> bool:
         path: str = scope["path"]
