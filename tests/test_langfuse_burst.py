@@ -9,7 +9,9 @@ fetches cancelled while httpx's pool handed them a connection left every slot "c
 from __future__ import annotations
 
 import anyio
+import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from prompt_middleware import CachedRegistry, LangfuseRegistry, RegistryUnavailable
 
@@ -69,3 +71,19 @@ async def test_fetching_recovers_after_a_burst_of_slow_answers(
         assert prompt.prompt == "Hello"
     finally:
         await cache.aclose()
+
+
+async def test_a_client_without_a_pool_still_times_out() -> None:
+    """The shield around the pool's hand-off is only for httpx's own pool: over a transport
+    that never reports progress (here an app that never answers), `timeout` still ends it."""
+
+    async def hung(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.sleep_forever()
+
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=hung))
+    registry = LangfuseRegistry(
+        PK, SK, base_url="http://langfuse.test", timeout=0.2, max_retries=0, client=client
+    )
+    with anyio.fail_after(10), pytest.raises(RegistryUnavailable, match="TimeoutError"):
+        await registry.get_prompt("greet")
+    await client.aclose()

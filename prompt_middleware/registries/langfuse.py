@@ -282,7 +282,9 @@ class LangfuseRegistry:
             try:
                 # Shielded until the connection itself reports progress (the first trace
                 # event): cancelled there, it cleans up; a deadline passed meanwhile applies.
-                with anyio.CancelScope(shield=True) as handoff:
+                # Other transports (a test's MockTransport, ASGITransport) have no pool to
+                # leak and send no trace events: not shielded.
+                with anyio.CancelScope(shield=_pooled(client)) as handoff:
                     request.extensions["trace"] = _unshield_on_first_event(handoff)
                     response = await client.send(
                         request, auth=None, follow_redirects=False, stream=True
@@ -472,6 +474,11 @@ class _TooLarge(httpx.HTTPError):
 
     def __init__(self) -> None:
         super().__init__("the answer is larger than max_response_size")
+
+
+def _pooled(client: httpx.AsyncClient) -> bool:
+    """Whether `client` sends through httpx's own connection pool (httpcore)."""
+    return isinstance(getattr(client, "_transport", None), httpx.AsyncHTTPTransport)
 
 
 def _unshield_on_first_event(
