@@ -24,10 +24,11 @@ BURST = 400  # four times the client's 100 connections
 
 
 @pytest.mark.parametrize(
-    ("registry_timeout", "fetch_timeout"),
+    ("registry_timeout", "fetch_timeout", "connections"),
     [
-        pytest.param(0.3, 10.0, id="langfuse-timeout"),
-        pytest.param(5.0, 0.3, id="cache-fetch-timeout"),
+        pytest.param(0.3, 10.0, 100, id="langfuse-timeout"),
+        pytest.param(5.0, 0.3, 100, id="cache-fetch-timeout"),
+        pytest.param(0.3, 10.0, 4, id="small-pool"),
     ],
 )
 async def test_fetching_recovers_after_a_burst_of_slow_answers(
@@ -35,13 +36,19 @@ async def test_fetching_recovers_after_a_burst_of_slow_answers(
     clean_fake: FakeLangfuse,
     registry_timeout: float,
     fetch_timeout: float,
+    connections: int,
 ) -> None:
     fake, url = clean_fake, served[1]
     for i in range(BURST):
         fake.add_prompt(PK, SK, f"cold-{i}", "hi")
     fake.add_prompt(PK, SK, "after", "Hello")
     registry = LangfuseRegistry(
-        PK, SK, base_url=url, timeout=registry_timeout, retry_base_delay=0.05
+        PK,
+        SK,
+        base_url=url,
+        timeout=registry_timeout,
+        retry_base_delay=0.05,
+        max_connections=connections,
     )
     cache = CachedRegistry(registry, fetch_timeout=fetch_timeout)
     outcomes: dict[str, int] = {}

@@ -185,11 +185,13 @@ async def test_a_compressed_answer_is_capped_once_decompressed(
     await mw.aclose()
 
 
-def test_max_response_size_defaults_to_5_mb_and_must_be_positive() -> None:
+def test_max_response_size_and_max_connections_must_be_positive() -> None:
     assert DEFAULT_MAX_RESPONSE_SIZE == 5 * 2**20
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="max_response_size"):
             LangfuseRegistry(PK, SK, max_response_size=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_connections"):
+            LangfuseRegistry(PK, SK, max_connections=bad)  # type: ignore[arg-type]
 
 
 async def test_registry_connection_refused(

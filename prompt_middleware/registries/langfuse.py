@@ -53,8 +53,7 @@ HOST_ENV = "LANGFUSE_HOST"
 
 _PROMPTS_PATH = "/api/public/v2/prompts/"
 _USER_AGENT = "prompt-middleware"
-_MAX_CONNECTIONS = 100
-_LIMITS = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=20)
+_KEEPALIVE = 20
 _REQUIRED_FIELDS = ("name", "version", "type", "prompt")
 # Letters only: an error class name is shown, anything that could be an echoed key is not.
 _ERROR_CLASS = re.compile(r"[A-Z][A-Za-z]{2,63}")
@@ -93,7 +92,9 @@ class LangfuseRegistry:
     request cancelled there leaks that connection slot, encode/httpcore#1093), so the bound is
     met once the pool has answered. An answer larger than `max_response_size` bytes
     (decompressed, 5 MB by default) is refused as a malformed prompt while it is read, so a
-    hostile registry costs at most that much memory. Timeouts, connection errors, 408, 429 and
+    hostile registry costs at most that much memory. At most `max_connections` requests are in
+    flight on the client at once (the pool size of the client it creates; with a `client` of
+    your own, no more than its pool holds). Timeouts, connection errors, 408, 429 and
     5xx are retried up to `max_retries` times with capped exponential backoff and jitter
     (`retry_base_delay * 2**n`, at most `retry_max_delay`); a `Retry-After` header replaces the
     backoff, capped at `retry_max_delay`. 404, 401 and 403 are never retried.
@@ -116,6 +117,7 @@ class LangfuseRegistry:
         retry_max_delay: float = 2.0,
         trust_env: bool = True,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_connections: int = 100,
     ) -> None:
         public_key = public_key or os.environ.get(PUBLIC_KEY_ENV)
         secret_key = secret_key or os.environ.get(SECRET_KEY_ENV)
@@ -141,6 +143,12 @@ class LangfuseRegistry:
             or max_response_size < 1
         ):
             raise ValueError("max_response_size must be a positive integer")
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError("max_connections must be a positive integer")
 
         self._base_url = normalise_base_url(
             base_url
@@ -157,6 +165,7 @@ class LangfuseRegistry:
         self._retry_max_delay = retry_max_delay
         self._trust_env = trust_env
         self._max_response_size = max_response_size
+        self._max_connections = max_connections
         self._client = client
         self._own_client: httpx.AsyncClient | None = None
         self._slots: anyio.Semaphore | None = None
@@ -333,7 +342,7 @@ class LangfuseRegistry:
         if self._parent is not None:
             return self._parent._admission()
         if self._slots is None:
-            self._slots = anyio.Semaphore(_MAX_CONNECTIONS)
+            self._slots = anyio.Semaphore(self._max_connections)
         return self._slots
 
     def _http(self) -> httpx.AsyncClient:
@@ -344,7 +353,10 @@ class LangfuseRegistry:
         if self._own_client is None or self._own_client.is_closed:
             self._own_client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout),
-                limits=_LIMITS,
+                limits=httpx.Limits(
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=min(_KEEPALIVE, self._max_connections),
+                ),
                 follow_redirects=False,
                 trust_env=self._trust_env,
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
@@ -367,6 +379,7 @@ class LangfuseRegistry:
             retry_base_delay=self._retry_base_delay,
             retry_max_delay=self._retry_max_delay,
             max_response_size=self._max_response_size,
+            max_connections=self._max_connections,
         )
         child._parent = self
         return child
