@@ -770,3 +770,41 @@ def test_the_negative_bound_defaults_to_an_eighth_and_must_be_positive(
     assert CachedRegistry(registry, negative_max_size=7)._negatives.maxsize == 7
     with pytest.raises(ValueError, match="negative_max_size"):
         CachedRegistry(registry, negative_max_size=0)
+
+
+class StubbornRegistry:
+    """Defers a cancellation until released, as a registry finishing a step it cannot safely
+    abandon does (LangfuseRegistry while httpx's pool hands it a connection)."""
+
+    def __init__(self) -> None:
+        self.released = anyio.Event()
+
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt:
+        with anyio.CancelScope(shield=True):
+            await self.released.wait()
+        return make_prompt(name)
+
+
+async def test_waiters_stop_at_fetch_timeout_even_if_the_registry_defers_cancellation() -> None:
+    registry = StubbornRegistry()
+    cache = CachedRegistry(registry, fetch_timeout=0.1)
+    outcomes: list[str] = []
+
+    async def ask() -> None:
+        try:
+            await cache.get_prompt("greet")
+        except RegistryUnavailable as exc:
+            outcomes.append(exc.message)
+
+    try:
+        with anyio.fail_after(5):  # generous: the answers come after 0.1 s
+            async with anyio.create_task_group() as group:
+                for _ in range(3):
+                    group.start_soon(ask)
+    finally:
+        registry.released.set()
+        await cache.aclose()
+    timed_out = "The prompt registry timed out fetching prompt 'greet' label 'production'."
+    assert outcomes == [timed_out] * 3

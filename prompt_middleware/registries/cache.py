@@ -254,25 +254,37 @@ class CachedRegistry:
         self._misses += 1
         if observability.active is not None:
             observability.active.cache_lookup("miss")
-        flight = self._inflight.get(key) or self._start_fetch(key, registry)
-        await self._wait(key, flight)
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._start_fetch(key, registry)
+            await self._wait_as_starter(key, flight)
+        else:
+            await flight.done.wait()
         if isinstance(flight.result, Prompt):
             return flight.result
         raise flight.result.with_traceback(flight.traceback)
 
-    async def _wait(self, key: _Key, flight: _Flight) -> None:
+    async def _wait_as_starter(self, key: _Key, flight: _Flight) -> None:
+        """Wait for the call this request started, and end everyone's wait at `fetch_timeout`.
+
+        The call is cancelled at that deadline too, but a registry may defer a cancellation
+        (LangfuseRegistry does while httpx's pool hands it a connection): its waiters are then
+        answered at the deadline anyway, and the late call is left to end alone (its prompt
+        is still stored). One timer per call, not per waiter: a cancel scope costs
+        microseconds, thousands of waiters on one cold prompt would pay it each.
+        """
         if self._fetch_timeout is None:
             await flight.done.wait()
             return
-        # Waiters keep their own bound: the call is cancelled at the same deadline, but a
-        # registry may defer a cancellation (LangfuseRegistry does while httpx's pool hands it
-        # a connection). The late call is left to end alone; later requests start anew.
         with anyio.move_on_after(self._fetch_timeout):
             await flight.done.wait()
         if not flight.done.is_set():
             if self._inflight.get(key) is flight:
                 del self._inflight[key]
-            raise RegistryUnavailable(f"The prompt registry timed out fetching {_ref(key)}.")
+            flight.settle(
+                RegistryUnavailable(f"The prompt registry timed out fetching {_ref(key)}.")
+            )
+            flight.done.set()
 
     def set_task_group(self, task_group: anyio.abc.TaskGroup | None) -> None:
         """Start registry calls in `task_group` from now on; None: in detached tasks."""
