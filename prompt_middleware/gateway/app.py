@@ -281,7 +281,7 @@ class GatewayApp:
             return
         limit = self.middleware.max_body_size
         try:
-            body = await read_body(receive, limit)
+            body = await read_body(receive, limit, self.middleware.body_timeout)
             if body is None:  # the client left
                 return
             decoded = decode_body(body, coding, limit) if coding else body
