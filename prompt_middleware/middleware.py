@@ -138,11 +138,13 @@ class PromptMiddleware:
     def _matches(self, scope: Scope) -> bool:
         path: str = scope["path"]
         if self._paths is None:
-            return path.endswith(DEFAULT_SUFFIXES)
+            return path.endswith(DEFAULT_SUFFIXES) or (
+                _loose(path) and _canonical_path(path).endswith(DEFAULT_SUFFIXES)
+            )
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        return path in self._paths
+        return path in self._paths or (_loose(path) and _canonical_path(path) in self._paths)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_size
@@ -228,9 +230,8 @@ class PromptMiddleware:
                 f" {chosen!r}, which no version of the prompt has.",
                 param="prompt_id",
             ) from exc
-        build = (
-            build_responses_body if scope["path"].endswith(RESPONSES_SUFFIX) else build_chat_body
-        )
+        responses = _canonical_path(scope["path"]).endswith(RESPONSES_SUFFIX)
+        build = build_responses_body if responses else build_chat_body
         return build(data, request, prompt, self.options), prompt, request.ref.effective_label
 
     def _experiment(
@@ -354,6 +355,22 @@ def _name_header(name: str) -> bytes:
             kept.append(piece)
         encoded = "".join(kept) + _ELLIPSIS
     return encoded.encode("ascii")
+
+
+def _loose(path: str) -> bool:
+    """Whether `path` is spelled in a way many servers read as another path: repeated or
+    trailing slashes (nginx merges them, many routers drop a trailing one) or capitals (servers
+    that ignore case). Cheap, so a canonical path that does not match costs nothing more."""
+    return not path.islower() or "//" in path or path.endswith("/")
+
+
+def _canonical_path(path: str) -> str:
+    """`path` as a lenient server reads it: no empty segments, no trailing slash, lower case.
+
+    `/v1/Chat//Completions/` is `/v1/chat/completions`: a guarded path however it is spelled, so
+    a body sent to a spelling of it is examined, never forwarded unread to a server that routes
+    that spelling to the endpoint."""
+    return "/" + "/".join(part for part in path.lower().split("/") if part)
 
 
 def _declares_more(length: bytes, limit: int) -> bool:

@@ -84,3 +84,56 @@ async def test_other_paths_and_canonical_methods_pass_as_before(capture: Capture
     openai_error(await call(mw, "get", "/v1/chat/completions"), 405, "method_not_allowed")
     openai_error(await call(mw, "post", "/v1/responses"), 405, "method_not_allowed")
     assert [r.method for r in capture.requests] == ["post", "GET", "POST"]
+
+
+# Paths a lenient server reads as a guarded one: nginx merges slashes, many routers drop a
+# trailing slash, some servers ignore case. A body sent to such a spelling is examined as well.
+LOOSE_SPELLINGS = [
+    "/v1/chat/completions/",
+    "/v1/chat//completions",
+    "//v1/chat/completions",
+    "/v1/Chat/Completions",
+    "/V1/CHAT/COMPLETIONS/",
+    "/v1/responses/",
+    "/v1//Responses",
+]
+
+
+@pytest.mark.parametrize("path", LOOSE_SPELLINGS)
+def test_loose_spellings_of_a_guarded_path_are_examined(path: str, capture: CaptureApp) -> None:
+    body = json.dumps(BODY).encode()
+    with running_server(middleware(capture)) as url:
+        status, _, answer = raw_request(url, f"POST {path} HTTP/1.1", body)
+    assert status == 400
+    assert json.loads(answer)["error"]["code"] == "request_credentials_disabled"
+    assert capture.requests == []
+
+
+@pytest.mark.parametrize("path", ["/v1/Chat/Completions/", "/v1//responses"])
+async def test_a_loose_spelling_is_rewritten_for_the_endpoint_it_names(
+    path: str, capture: CaptureApp
+) -> None:
+    mw = middleware(capture)
+    body = json.dumps({"model": "m", "prompt_id": "greet"}).encode()
+    send = SendLog()
+    with anyio.fail_after(10):
+        await mw(http_scope(path, "POST"), chunked_receive([body]), send)
+    assert send.status == 200
+    sent = capture.last.json
+    assert "prompt_id" not in sent
+    if path.endswith("responses"):
+        assert sent["input"] == [{"role": "user", "content": "Hi"}]
+    else:
+        assert sent["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+async def test_unguarded_paths_still_pass_unread(capture: CaptureApp) -> None:
+    mw = middleware(capture)
+    for path in ("/v1/embeddings", "/v1/Embeddings/", "/v1/chat/completions/x", "/"):
+        assert (await call(mw, "POST", path)).status == 200
+    assert [r.path for r in capture.requests] == [
+        "/v1/embeddings",
+        "/v1/Embeddings/",
+        "/v1/chat/completions/x",
+        "/",
+    ]
