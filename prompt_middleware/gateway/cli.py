@@ -221,6 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise CLIError("'serve' needs uvicorn: pip install 'prompt-middleware[server]'") from None
+    from ._stack import server_stack
     from .app import SERVE_ENV, build_app, serve_environment
     from .config import ConfigError, inactive_settings, load_config
 
@@ -247,6 +248,7 @@ def _serve(args: argparse.Namespace) -> int:
             ", ".join(inactive),
         )
     logger.info(describe(config))
+    logger.info("serving with %s", server_stack())
     server = config.server
     options: dict[str, Any] = {
         "host": server.host,
