@@ -6,9 +6,10 @@ A bare asyncio protocol (uvloop when installed) speaking just enough HTTP/1.1 fo
 and wrk on 127.0.0.1: keep-alive, `content-length` request bodies, pipelining tolerated. Every
 request is answered at once with a fixed chat completion (~330 bytes, `content-length`), or,
 when the body asks for `"stream":true`, with `x-chunks: N` SSE events (default 20) and
-`data: [DONE]`, written in one go with chunked transfer-encoding (the framing OpenAI uses), so
-the gateway sees many small events per read as it does from a fast model. It answers in ~20 µs
-of CPU, so what a run measures is the gateway in front of it.
+`data: [DONE]`, with chunked transfer-encoding (the framing OpenAI uses): written in one go, or
+with `x-chunk-gap-ms: G` one event every G ms, so that each event reaches the gateway in a read
+of its own, as tokens from a model do. It answers in ~10 µs of CPU, so what a run measures is
+the gateway in front of it.
 """
 
 from __future__ import annotations
@@ -57,16 +58,16 @@ def _event(i: int) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
-_STREAMS: dict[int, bytes] = {}
+_STREAMS: dict[int, list[bytes]] = {}
 
 
-def _stream(chunks: int) -> bytes:
-    """A whole SSE response of `chunks` events, one HTTP chunk per event."""
+def _framed(chunks: int) -> list[bytes]:
+    """The HTTP chunks of an SSE response of `chunks` events, the last chunk included."""
     cached = _STREAMS.get(chunks)
     if cached is None:
         events = [_event(i) for i in range(chunks)] + [b"data: [DONE]\n\n"]
-        framed = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
-        cached = _STREAMS[chunks] = _SSE_HEAD + framed + b"0\r\n\r\n"
+        cached = [b"%x\r\n%s\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+        _STREAMS[chunks] = cached
     return cached
 
 
@@ -88,20 +89,36 @@ class _Protocol(asyncio.Protocol):
             head = self.buffer[:end].lower()
             length = 0
             chunks = 20
+            gap = 0.0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 if name == b"content-length":
                     length = int(value)
                 elif name == b"x-chunks":
                     chunks = int(value)
+                elif name == b"x-chunk-gap-ms":
+                    gap = float(value) / 1000
             if len(self.buffer) < end + 4 + length:
                 return
             body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             if b'"stream":true' in body:
-                self.transport.write(_stream(chunks))
+                self._stream(_framed(chunks), gap)
             else:
                 self.transport.write(_JSON_RESPONSE)
+
+    def _stream(self, framed: list[bytes], gap: float) -> None:
+        if not gap:
+            self.transport.write(_SSE_HEAD + b"".join(framed))
+            return
+        self.transport.write(_SSE_HEAD)
+        loop = asyncio.get_running_loop()
+        for i, piece in enumerate(framed):
+            loop.call_later(gap * (i + 1), self._write, piece)
+
+    def _write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
 
 async def _serve(port: int) -> None:

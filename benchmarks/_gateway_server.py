@@ -28,8 +28,16 @@ def main() -> None:
     parser.add_argument("--http", default="auto")
     parser.add_argument("--loop", default="auto")
     parser.add_argument("--transport", default="auto")
+    parser.add_argument("--gc", default="", help="experiment: freeze, or freeze,THRESHOLD")
     args = parser.parse_args()
     app = build_app(load_config(args.config, {}))
+    if args.gc:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        if "," in args.gc:
+            gc.set_threshold(int(args.gc.split(",")[1]))
     if args.transport != "auto":
         for upstream in app.router.upstreams.values():
             if hasattr(upstream, "_transport_name"):

@@ -4,23 +4,26 @@
         [--variant NAME=[PATH][:http[:loop[:transport]]] ...] [--chunks 100] [--soak SECONDS]
 
 Needs Debian's wrk (installed on demand: `apt-get install -y wrk`) and taskset. A fake OpenAI
-upstream (`_fast_upstream.py`, ~20 µs of CPU per answer) and `wrk -t1` share core 1; each gateway
+upstream (`_fast_upstream.py`, ~10 µs of CPU per answer) and `wrk -t1` share core 1; each gateway
 variant (`_gateway_server.py`: `build_app` of a config file under one uvicorn process, as
-`prompt-middleware serve --config` runs it) sits alone on core 0. Per round, connection count and
-target, one wrk run; per run: req/s, latency p50/p99 from wrk, and the target's server CPU time
-per request = Δ(utime + stime) from /proc/<pid>/stat ÷ requests completed. Targets are
-interleaved (the order flips every round) so that drift hits each alike. Tables show medians over
+`prompt-middleware serve --config` runs it, minus uvicorn's access log) sits alone on core 0.
+Per round, connection count and target, one wrk run; per run: req/s, latency p50/p99 from
+wrk, and the target's server CPU time per request = Δ(utime + stime) from /proc/<pid>/stat ÷
+requests completed. Targets are interleaved (the order flips every round) so that drift hits
+each alike. Tables show medians over
 rounds. Any wrk error or non-2xx answer is reported in the errors column (and fails the run).
 
 Requests: the typical ~4 KB `prompt_id` body of `_workload.py` (warm cache: the gateway parses,
 compiles and re-serialises it) for the gateway; the same bytes sent straight to the upstream for
 the "upstream directly" row. Streaming: the same request with `"stream":true`; the upstream
-answers `--chunks` SSE events (and, for the baseline, 1); per-chunk cost =
-(CPU/request with N events − with 1) ÷ (N − 1).
+answers `--chunks` SSE events (and, for the baseline, 1), one every `--gap-ms` ms so that each
+arrives in a read of its own (0: all in one write); per-event cost =
+(CPU/stream with N events − with 1) ÷ (N − 1).
 
 Variants compare versions and stacks in one run: NAME=PATH puts a checkout's directory first on
 PYTHONPATH (default: this one); http is h11 or httptools, loop asyncio or uvloop (default: what
-is installed, as `serve` picks), transport auto, httpx or aiohttp (versions with a choice).
+is installed, as `serve` picks), transport auto, httpx or aiohttp (versions with a choice), and
+an experiment on the garbage collector (`freeze` or `freeze,THRESHOLD`).
 `--soak 300` then runs the first variant for that long at 32 connections, sampling its RSS.
 Only 127.0.0.1 is used; every run is bounded by --duration.
 """
@@ -60,6 +63,7 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-benchmark"
 wrk.headers["x-chunks"] = os.getenv("BENCH_CHUNKS") or "20"
+wrk.headers["x-chunk-gap-ms"] = os.getenv("BENCH_GAP_MS") or "0"
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -193,8 +197,14 @@ def run_wrk(
     *,
     core: int | None,
     chunks: int = 20,
+    gap_ms: float = 0,
 ) -> Sample:
-    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_CHUNKS": str(chunks)}
+    env = {
+        **os.environ,
+        "BENCH_BODY_FILE": str(body_file),
+        "BENCH_CHUNKS": str(chunks),
+        "BENCH_GAP_MS": str(gap_ms),
+    }
     argv = [
         "wrk",
         "-t1",
@@ -268,10 +278,11 @@ def write_config(tmp: Path, upstream_port: int) -> Path:
 
 def parse_variant(spec: str, config: Path) -> Target:
     name, _, rest = spec.partition("=")
-    path, http, loop, transport = ([*rest.split(":"), "", "", ""])[:4]
+    path, http, loop, transport, gc = ([*rest.split(":"), "", "", "", ""])[:5]
     library = str(Path(path).resolve()) if path else str(ROOT)
     argv = [sys.executable, str(HERE / "_gateway_server.py"), str(config), "0"]
-    for flag, value in (("--http", http), ("--loop", loop), ("--transport", transport)):
+    options = (("--http", http), ("--loop", loop), ("--transport", transport), ("--gc", gc))
+    for flag, value in options:
         if value:
             argv += [flag, value]
     port = free_port()
@@ -309,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--variant", action="append", default=[], metavar="SPEC")
     parser.add_argument("--chunks", type=int, default=100, help="SSE events per stream; 0: skip")
-    parser.add_argument("--stream-connections", type=int, default=8)
+    parser.add_argument("--stream-connections", type=int, default=32)
+    parser.add_argument(
+        "--gap-ms", type=float, default=1.0, help="ms between SSE events (0: all in one write)"
+    )
     parser.add_argument("--no-direct", action="store_true", help="skip the upstream-only rows")
     parser.add_argument("--soak", type=float, default=0, help="seconds at 32 connections")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
@@ -424,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
                                 args.duration,
                                 core=load_core,
                                 chunks=n,
+                                gap_ms=args.gap_ms,
                             )
                             stream_samples.setdefault(v.name, {}).setdefault(n, []).append(s)
                 for v in variants:
@@ -446,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
                     )
                 print(
                     f"\n## SSE through the gateway, {args.stream_connections} connections: "
-                    f"1 vs {args.chunks} events per stream\n"
+                    f"1 vs {args.chunks} events per stream, {args.gap_ms:g} ms apart\n"
                 )
                 print(
                     table(
