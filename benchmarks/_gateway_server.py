@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--loop", default="auto")
     parser.add_argument("--transport", default="auto")
     parser.add_argument("--gc", default="", help="experiment: freeze, or freeze,THRESHOLD")
+    parser.add_argument(
+        "--access-log", action="store_true", help="uvicorn's access log at INFO, as serve has it"
+    )
     args = parser.parse_args()
     app = build_app(load_config(args.config, {}))
     if args.gc:
@@ -51,8 +54,8 @@ def main() -> None:
         http=args.http,
         loop=args.loop,
         lifespan="on",
-        access_log=False,
-        log_level="warning",
+        access_log=args.access_log,
+        log_level="info" if args.access_log else "warning",
         backlog=2048,
     )
 

@@ -1,7 +1,8 @@
 """The standalone gateway under load: `UpstreamProxy` in front of a fast upstream, vs that upstream.
 
     .venv/bin/python benchmarks/gateway.py [--connections 1,8,32,128] [--rounds 3] [--duration 4]
-        [--variant NAME=[PATH][:http[:loop[:transport]]] ...] [--chunks 100] [--soak SECONDS]
+        [--variant NAME=[PATH][:http[:loop[:transport[:gc[:access]]]]] ...] [--chunks 100]
+        [--soak SECONDS]
 
 Needs Debian's wrk (installed on demand: `apt-get install -y wrk`) and taskset. A fake OpenAI
 upstream (`_fast_upstream.py`, ~10 µs of CPU per answer) and `wrk -t1` share core 1; each gateway
@@ -23,7 +24,8 @@ arrives in a read of its own (0: all in one write); per-event cost =
 Variants compare versions and stacks in one run: NAME=PATH puts a checkout's directory first on
 PYTHONPATH (default: this one); http is h11 or httptools, loop asyncio or uvloop (default: what
 is installed, as `serve` picks), transport auto, httpx or aiohttp (versions with a choice), and
-an experiment on the garbage collector (`freeze` or `freeze,THRESHOLD`).
+an experiment on the garbage collector (`freeze` or `freeze,THRESHOLD`), and `access` for
+uvicorn's access log as `serve` has it at its default log level (to a file here).
 `--soak 300` then runs the first variant for that long at 32 connections, sampling its RSS.
 Only 127.0.0.1 is used; every run is bounded by --duration.
 """
@@ -278,13 +280,15 @@ def write_config(tmp: Path, upstream_port: int) -> Path:
 
 def parse_variant(spec: str, config: Path) -> Target:
     name, _, rest = spec.partition("=")
-    path, http, loop, transport, gc = ([*rest.split(":"), "", "", "", ""])[:5]
+    path, http, loop, transport, gc, log = ([*rest.split(":"), "", "", "", "", ""])[:6]
     library = str(Path(path).resolve()) if path else str(ROOT)
     argv = [sys.executable, str(HERE / "_gateway_server.py"), str(config), "0"]
     options = (("--http", http), ("--loop", loop), ("--transport", transport), ("--gc", gc))
     for flag, value in options:
         if value:
             argv += [flag, value]
+    if log == "access":
+        argv.append("--access-log")
     port = free_port()
     argv[3] = str(port)
     env = {"PYTHONPATH": library}

@@ -114,3 +114,32 @@ async def test_aiohttp_is_refused_with_a_callers_httpx_client() -> None:
 def test_server_stack_names_the_parts_installed() -> None:
     # The test environment installs the server extra: all the fast parts.
     assert server_stack() == "uvicorn (httptools, uvloop), upstream client aiohttp"
+
+
+async def test_client_gone_while_the_body_streams_answers_nothing(
+    upstream: tuple[CaptureApp, str], transport: TransportName
+) -> None:
+    """The client hangs up halfway through a streamed body: the upstream request is dropped
+    and nothing is sent back (there is nobody to send it to), with either client."""
+    _, url = upstream
+    messages: list[Message] = [
+        {"type": "http.request", "body": b'{"model": ', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    sent = SendLog()
+    scope = http_scope(headers=[(b"content-length", b"40")])
+    async with UpstreamProxy(url, transport=transport) as proxy:
+        with anyio.fail_after(5):
+            await proxy(scope, receive, sent)
+        assert sent.messages == []
+        # and the proxy still works
+        with anyio.fail_after(5):
+            await proxy(http_scope(), body_then_wait(b"{}"), sent)
+    assert sent.status == 200
