@@ -22,10 +22,12 @@ run() {  # name, then the command; output to the terminal and to $out/name.md
 if $quick; then
     run inprocess $PY benchmarks/inprocess.py --rounds 9
     run server $PY benchmarks/server.py --rounds 3 --duration 2
+    run gateway $PY benchmarks/gateway.py --rounds 1 --duration 2 --connections 1,32
     run cache_concurrency $PY benchmarks/cache_concurrency.py
 else
     run inprocess $PY benchmarks/inprocess.py
     run server $PY benchmarks/server.py
+    run gateway $PY benchmarks/gateway.py
     run cache_concurrency $PY benchmarks/cache_concurrency.py
     if command -v valgrind >/dev/null; then
         run callgrind $PY benchmarks/callgrind.py

@@ -229,6 +229,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         raise CLIError("'serve' needs uvicorn: pip install 'prompt-middleware[server]'") from None
     from .. import observability
+    from ._stack import server_stack
     from .app import SERVE_ENV, build_app, serve_environment
     from .config import ConfigError, load_config
     from .observing import prepare_worker_metrics
@@ -249,6 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
         # One line, as the file's own name reads better than its resolved path.
         config = replace(config, source=args.config)
     logger.info(describe(config))
+    logger.info("serving with %s", server_stack())
     server = config.server
     options: dict[str, Any] = {
         "host": server.host,
