@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from prompt_middleware.gateway.app import build_app
+from prompt_middleware.gateway.app import GatewayApp, build_app
 from prompt_middleware.gateway.cli import _parser, main
 from prompt_middleware.gateway.config import (
     ConfigError,
     load_config,
 )
+from prompt_middleware.registries.cache import CachedRegistry
+from prompt_middleware.registries.langfuse import LangfuseRegistry
 
 from .gateway_process import ROOT, gateway_env, run_cli
 
@@ -247,6 +249,20 @@ ERRORS = [
     ("cache: {redis_url: 'http://x'}\n", "cache.redis_url: expected a redis:// or rediss://"),
     ("cache: {ttl: 1}\ncache: {ttl: 2}\n", "gateway.yaml: line 4: key 'cache' is repeated"),
     ("server: {port: [\n", "gateway.yaml: invalid YAML at line 4"),
+    ("server: {body_timeout: 0}\n", "server.body_timeout: expected a number above 0, got 0"),
+    ("server: {body_timeout: soon}\n", "server.body_timeout: expected a number above 0"),
+    ("cache: {negative_max_size: 0}\n", "cache.negative_max_size: expected an integer of at"),
+    ("cache: {negative_max_size: 2.5}\n", "cache.negative_max_size: expected an integer"),
+    (
+        "registry: {langfuse: {max_response_size: 0}}\n",
+        "registry.langfuse.max_response_size: expected an integer of at least 1, got 0",
+    ),
+    (
+        "registry: {langfuse: {max_connections: many}}\n",
+        "registry.langfuse.max_connections: expected an integer of at least 1, got 'many'",
+    ),
+    ("registry: {langfuse: {timeout: 0}}\n", "registry.langfuse.timeout: expected a number abo"),
+    ("registry: {langfuse: {max_conections: 5}}\n", "langfuse: unknown key 'max_conections'"),
     ("- a\n", "expected a mapping of sections at the top level"),
 ]
 
@@ -383,3 +399,59 @@ def test_docs_commands_parse() -> None:
     assert len(commands) == 4
     for args in commands:
         assert _parser().parse_args(args).command == "serve"
+
+
+BOUNDS = """\
+registry:
+  langfuse: {host: 'http://127.0.0.1:9', public_key: pk-lf, secret_key: sk-lf, timeout: 2.5,
+             max_response_size: 65536, max_connections: 3}
+cache: {max_size: 64, negative_max_size: 7}
+upstreams: {a: {base_url: echo}}
+server: {max_body_size: 4096, body_timeout: 0.3}
+"""
+
+
+def _langfuse(app: GatewayApp) -> LangfuseRegistry:
+    cache = app.middleware.registry
+    assert isinstance(cache, CachedRegistry)
+    registry = cache.registry
+    assert isinstance(registry, LangfuseRegistry)
+    return registry
+
+
+def test_bounds_reach_the_built_app(folder: Path) -> None:
+    app = build_app(load_config(_write(folder, BOUNDS)))
+    assert app.middleware.body_timeout == 0.3
+    assert app.middleware.max_body_size == 4096
+    cache = app.middleware.registry
+    assert isinstance(cache, CachedRegistry)
+    assert cache._negatives.maxsize == 7
+    assert cache._entries.maxsize == 64
+    langfuse = _langfuse(app)
+    assert langfuse.base_url == "http://127.0.0.1:9"
+    assert (langfuse._timeout, langfuse._max_response_size, langfuse._max_connections) == (
+        2.5,
+        65536,
+        3,
+    )
+
+
+def test_bounds_default_to_the_librarys(folder: Path) -> None:
+    text = (
+        "registry: {langfuse: {public_key: pk, secret_key: sk}}\nupstreams: {a: {base_url: echo}}\n"
+    )
+    app = build_app(load_config(_write(folder, text)))
+    assert app.middleware.body_timeout == 30.0
+    cache = app.middleware.registry
+    assert isinstance(cache, CachedRegistry)
+    assert cache._negatives.maxsize == 1024 // 8
+    langfuse = _langfuse(app)
+    assert (langfuse._timeout, langfuse._max_response_size, langfuse._max_connections) == (
+        5.0,
+        5 * 2**20,
+        100,
+    )
+    # --langfuse keeps the file's Langfuse settings, bounds included.
+    config = load_config(_write(folder, BOUNDS), {"langfuse": True})
+    assert config.registry.langfuse is not None
+    assert config.registry.langfuse.max_connections == 3

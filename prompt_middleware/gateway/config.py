@@ -20,7 +20,9 @@ from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
+from ..middleware import DEFAULT_BODY_TIMEOUT
 from ..registries.cache import DEFAULT_MAX_STALE
+from ..registries.langfuse import DEFAULT_MAX_RESPONSE_SIZE
 from ._target import without_userinfo
 
 __all__ = [
@@ -69,11 +71,14 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class LangfuseSettings:
-    """Langfuse credentials and host; None: read as the Langfuse SDK does (LANGFUSE_*)."""
+    """Langfuse credentials, host and bounds; None: read as the Langfuse SDK does (LANGFUSE_*)."""
 
     host: str | None = None
     public_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
+    timeout: float = 5.0  # each attempt
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    max_connections: int = 100
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class CacheConfig:
     max_stale: float | None = DEFAULT_MAX_STALE
     negative_ttl: float = 5.0
     max_size: int = 1024
+    negative_max_size: int | None = None  # None: max_size // 8
     fetch_timeout: float | None = 10.0
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     poll_interval: float | None = None
@@ -179,6 +185,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     max_body_size: int = 10 * 2**20
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -517,6 +524,9 @@ def _registry(s: _Section) -> RegistryConfig:
             host=_url(lf, "host"),
             public_key=lf.string("public_key", None, secret=True),
             secret_key=lf.string("secret_key", None, secret=True),
+            timeout=lf.number("timeout", 5.0, strict=True),
+            max_response_size=lf.integer("max_response_size", DEFAULT_MAX_RESPONSE_SIZE, 1),
+            max_connections=lf.integer("max_connections", 100, 1),
         )
         lf.done()
     else:
@@ -565,6 +575,7 @@ def _cache(s: _Section) -> CacheConfig:
         max_stale=s.number("max_stale", DEFAULT_MAX_STALE),
         negative_ttl=s.number("negative_ttl", 5.0),
         max_size=s.integer("max_size", 1024, 1),
+        negative_max_size=s.integer("negative_max_size", 0, 1) or None,
         fetch_timeout=s.number("fetch_timeout", 10.0, strict=True),
         redis_url=s.string("redis_url", None, secret=True),
         poll_interval=s.number("poll_interval", None, strict=True),
@@ -715,6 +726,7 @@ def _server(s: _Section) -> ServerConfig:
         log_level=s.choice("log_level", LOG_LEVELS, "info"),
         log_format="json" if s.choice("log_format", LOG_FORMATS, "text") == "json" else "text",
         max_body_size=s.integer("max_body_size", 10 * 2**20, 1),
+        body_timeout=s.number("body_timeout", DEFAULT_BODY_TIMEOUT, strict=True),
     )
     s.done()
     return config
@@ -891,7 +903,8 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
             raise ConfigError(f"--prompts: prompt directory {str(path)!r} does not exist")
         registry = replace(registry, files=path, langfuse=None)
     elif "langfuse" in given:
-        registry = replace(registry, files=None, langfuse=LangfuseSettings())
+        # The file's Langfuse settings, bounds included, still apply.
+        registry = replace(registry, files=None, langfuse=registry.langfuse or LangfuseSettings())
     upstreams = list(config.upstreams)
     if "upstream" in given:
         url = given["upstream"]
