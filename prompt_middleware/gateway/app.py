@@ -545,7 +545,8 @@ def _registry(config: GatewayConfig) -> PromptRegistry:
             primary = LangfuseRegistry(
                 langfuse.public_key,
                 langfuse.secret_key,
-                langfuse.host,
+                # base_url: the file's host wins over LANGFUSE_BASE_URL, as documented.
+                base_url=langfuse.host,
                 timeout=langfuse.timeout,
                 max_response_size=langfuse.max_response_size,
                 max_connections=langfuse.max_connections,

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -68,17 +68,33 @@ class ConfigError(Exception):
 
 # The sections
 
+_URL: Final = {"url": True}  # field metadata: a URL whose userinfo the repr masks
 
-@dataclass(frozen=True)
+
+def _masked_repr(self: Any) -> str:
+    """A dataclass repr with the userinfo (a credential) of `_URL` fields masked."""
+    shown = []
+    for f in fields(self):
+        if f.repr:
+            value = getattr(self, f.name)
+            if f.metadata.get("url") and isinstance(value, str):
+                value = without_userinfo(value)
+            shown.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
 class LangfuseSettings:
     """Langfuse credentials, host and bounds; None: read as the Langfuse SDK does (LANGFUSE_*)."""
 
-    host: str | None = None
+    host: str | None = field(default=None, metadata=_URL)
     public_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
     timeout: float = 5.0  # each attempt
     max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
     max_connections: int = 100
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -117,13 +133,16 @@ class TimeoutConfig:
     pool: float | None = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class UpstreamConfig:
     name: str
-    base_url: str  # or "echo": the built-in upstream that answers with the request
+    # or "echo": the built-in upstream that answers with the request
+    base_url: str = field(metadata=_URL)
     api_key: str | None = field(default=None, repr=False)
     timeout: TimeoutConfig = TimeoutConfig()
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -162,10 +181,12 @@ class MetricsConfig:
     prompt_labels: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TracingConfig:
-    otlp_endpoint: str | None = None
+    otlp_endpoint: str | None = field(default=None, metadata=_URL)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -520,8 +541,15 @@ def _registry(s: _Section) -> RegistryConfig:
     langfuse = None
     if s.has("langfuse"):
         lf = s.section("langfuse")
+        host = _url(lf, "host")
+        if host is not None and httpx.URL(host).userinfo:
+            raise lf.error(
+                "host",
+                f"expected a URL without credentials (they go in public_key and secret_key), "
+                f"got {without_userinfo(host)!r}",
+            )
         langfuse = LangfuseSettings(
-            host=_url(lf, "host"),
+            host=host,
             public_key=lf.string("public_key", None, secret=True),
             secret_key=lf.string("secret_key", None, secret=True),
             timeout=lf.number("timeout", 5.0, strict=True),
@@ -557,7 +585,8 @@ def _directory(s: _Section, name: str, value: str | None) -> Path | None:
 def _url(s: _Section, name: str) -> str | None:
     value = s.string(name, None)
     if value is not None and _bad_url(value):
-        raise s.error(name, f"expected an absolute http(s) URL, got {value!r}")
+        shown = without_userinfo(value)
+        raise s.error(name, f"expected an absolute http(s) URL, got {shown!r}")
     return value
 
 
