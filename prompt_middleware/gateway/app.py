@@ -455,6 +455,7 @@ def build_app(config: GatewayConfig) -> GatewayApp:
             ttl=ttl,
             max_size=config.cache.max_size,
             negative_ttl=config.cache.negative_ttl,
+            negative_max_size=config.cache.negative_max_size,
             max_stale=config.cache.max_stale,
             fetch_timeout=config.cache.fetch_timeout,
         )
@@ -479,6 +480,7 @@ def build_app(config: GatewayConfig) -> GatewayApp:
         registry=cache,
         cache_ttl=ttl,
         max_body_size=config.server.max_body_size,
+        body_timeout=config.server.body_timeout,
         strict_variables=rewrite.strict_variables,
         client_messages=rewrite.client_messages,
         text_role=rewrite.text_role,
@@ -540,7 +542,15 @@ def _registry(config: GatewayConfig) -> PromptRegistry:
         else:
             langfuse = settings.langfuse
             assert langfuse is not None  # load_config checked there is a registry
-            primary = LangfuseRegistry(langfuse.public_key, langfuse.secret_key, langfuse.host)
+            primary = LangfuseRegistry(
+                langfuse.public_key,
+                langfuse.secret_key,
+                # base_url: the file's host wins over LANGFUSE_BASE_URL, as documented.
+                base_url=langfuse.host,
+                timeout=langfuse.timeout,
+                max_response_size=langfuse.max_response_size,
+                max_connections=langfuse.max_connections,
+            )
         if settings.fallback_files is None:
             return primary
         # Kept under the cache's fetch_timeout, so the fallback answers before the cache gives up.

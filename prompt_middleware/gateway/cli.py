@@ -286,10 +286,17 @@ def describe(config: GatewayConfig) -> str:
         watched = ", reloaded on change" if registry.watch else ""
         prompts = f"files in {registry.files}{watched}"
     else:
-        from ..registries.langfuse import DEFAULT_BASE_URL
+        from ..registries.langfuse import BASE_URL_ENV, DEFAULT_BASE_URL, HOST_ENV
+        from ._target import without_userinfo
 
-        host = registry.langfuse.host if registry.langfuse else None
-        prompts = f"Langfuse at {host or os.environ.get('LANGFUSE_HOST') or DEFAULT_BASE_URL}"
+        # As LangfuseRegistry picks it; masked, though a URL with userinfo is refused there.
+        host = (
+            (registry.langfuse.host if registry.langfuse else None)
+            or os.environ.get(BASE_URL_ENV)
+            or os.environ.get(HOST_ENV)
+            or DEFAULT_BASE_URL
+        )
+        prompts = f"Langfuse at {without_userinfo(host)}"
     upstreams = [_describe_upstream(u, len(config.upstreams) > 1) for u in config.upstreams]
     label = "upstreams" if len(upstreams) > 1 else "upstream"
     parts = [

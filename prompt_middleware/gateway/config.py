@@ -14,13 +14,15 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
+from ..middleware import DEFAULT_BODY_TIMEOUT
 from ..registries.cache import DEFAULT_MAX_STALE
+from ..registries.langfuse import DEFAULT_MAX_RESPONSE_SIZE
 from ._target import without_userinfo
 
 __all__ = [
@@ -66,14 +68,33 @@ class ConfigError(Exception):
 
 # The sections
 
+_URL: Final = {"url": True}  # field metadata: a URL whose userinfo the repr masks
 
-@dataclass(frozen=True)
+
+def _masked_repr(self: Any) -> str:
+    """A dataclass repr with the userinfo (a credential) of `_URL` fields masked."""
+    shown = []
+    for f in fields(self):
+        if f.repr:
+            value = getattr(self, f.name)
+            if f.metadata.get("url") and isinstance(value, str):
+                value = without_userinfo(value)
+            shown.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
 class LangfuseSettings:
-    """Langfuse credentials and host; None: read as the Langfuse SDK does (LANGFUSE_*)."""
+    """Langfuse credentials, host and bounds; None: read as the Langfuse SDK does (LANGFUSE_*)."""
 
-    host: str | None = None
+    host: str | None = field(default=None, metadata=_URL)
     public_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
+    timeout: float = 5.0  # each attempt
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    max_connections: int = 100
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,7 @@ class CacheConfig:
     max_stale: float | None = DEFAULT_MAX_STALE
     negative_ttl: float = 5.0
     max_size: int = 1024
+    negative_max_size: int | None = None  # None: max_size // 8
     fetch_timeout: float | None = 10.0
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     poll_interval: float | None = None
@@ -111,13 +133,16 @@ class TimeoutConfig:
     pool: float | None = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class UpstreamConfig:
     name: str
-    base_url: str  # or "echo": the built-in upstream that answers with the request
+    # or "echo": the built-in upstream that answers with the request
+    base_url: str = field(metadata=_URL)
     api_key: str | None = field(default=None, repr=False)
     timeout: TimeoutConfig = TimeoutConfig()
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -156,10 +181,12 @@ class MetricsConfig:
     prompt_labels: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TracingConfig:
-    otlp_endpoint: str | None = None
+    otlp_endpoint: str | None = field(default=None, metadata=_URL)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -179,6 +206,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     max_body_size: int = 10 * 2**20
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -513,10 +541,20 @@ def _registry(s: _Section) -> RegistryConfig:
     langfuse = None
     if s.has("langfuse"):
         lf = s.section("langfuse")
+        host = _url(lf, "host")
+        if host is not None and httpx.URL(host).userinfo:
+            raise lf.error(
+                "host",
+                f"expected a URL without credentials (they go in public_key and secret_key), "
+                f"got {without_userinfo(host)!r}",
+            )
         langfuse = LangfuseSettings(
-            host=_url(lf, "host"),
+            host=host,
             public_key=lf.string("public_key", None, secret=True),
             secret_key=lf.string("secret_key", None, secret=True),
+            timeout=lf.number("timeout", 5.0, strict=True),
+            max_response_size=lf.integer("max_response_size", DEFAULT_MAX_RESPONSE_SIZE, 1),
+            max_connections=lf.integer("max_connections", 100, 1),
         )
         lf.done()
     else:
@@ -547,7 +585,8 @@ def _directory(s: _Section, name: str, value: str | None) -> Path | None:
 def _url(s: _Section, name: str) -> str | None:
     value = s.string(name, None)
     if value is not None and _bad_url(value):
-        raise s.error(name, f"expected an absolute http(s) URL, got {value!r}")
+        shown = without_userinfo(value)
+        raise s.error(name, f"expected an absolute http(s) URL, got {shown!r}")
     return value
 
 
@@ -565,6 +604,7 @@ def _cache(s: _Section) -> CacheConfig:
         max_stale=s.number("max_stale", DEFAULT_MAX_STALE),
         negative_ttl=s.number("negative_ttl", 5.0),
         max_size=s.integer("max_size", 1024, 1),
+        negative_max_size=s.integer("negative_max_size", 0, 1) or None,
         fetch_timeout=s.number("fetch_timeout", 10.0, strict=True),
         redis_url=s.string("redis_url", None, secret=True),
         poll_interval=s.number("poll_interval", None, strict=True),
@@ -715,6 +755,7 @@ def _server(s: _Section) -> ServerConfig:
         log_level=s.choice("log_level", LOG_LEVELS, "info"),
         log_format="json" if s.choice("log_format", LOG_FORMATS, "text") == "json" else "text",
         max_body_size=s.integer("max_body_size", 10 * 2**20, 1),
+        body_timeout=s.number("body_timeout", DEFAULT_BODY_TIMEOUT, strict=True),
     )
     s.done()
     return config
@@ -891,7 +932,8 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
             raise ConfigError(f"--prompts: prompt directory {str(path)!r} does not exist")
         registry = replace(registry, files=path, langfuse=None)
     elif "langfuse" in given:
-        registry = replace(registry, files=None, langfuse=LangfuseSettings())
+        # The file's Langfuse settings, bounds included, still apply.
+        registry = replace(registry, files=None, langfuse=registry.langfuse or LangfuseSettings())
     upstreams = list(config.upstreams)
     if "upstream" in given:
         url = given["upstream"]
