@@ -183,7 +183,7 @@ def breakdown(size: str) -> list[list[str]]:
         ),
         (
             "_with_prompt_headers (quote name)",
-            (lambda: with_headers(sink_send, prompt)) if with_headers else None,
+            (lambda: with_headers(sink_send, prompt, "production")) if with_headers else None,
         ),
         ("floor: json.loads + json.dumps of the body", lambda: floor_once(body)),
     ]

@@ -10,6 +10,7 @@ middleware instance each time, with observability in each state:
     guard     `enable(metrics=False, tracing=False)`: the per-request bookkeeping alone
     metrics   `enable(metrics=True, tracing=False)` on a private CollectorRegistry
     api-only  `enable(tracing=True)` with opentelemetry-api's default provider (no SDK: no-op)
+    both-api  metrics + api-only tracing: the extras installed, no SDK configured
     tracing   `enable(tracing=True)`, an SDK TracerProvider whose exporter drops every span
     both      metrics + tracing as above
 
@@ -19,6 +20,8 @@ and the bare app alone. Per round, the rewrite's own cost is `off - bare`; a sta
 
 `--callgrind` counts instructions instead (valgrind; deterministic, immune to neighbours): per
 state, a child process runs 0 or N warm requests; the difference over N is the cost per request.
+It also counts one bare SDK span (`one_span`: start, make current, seven attributes, end) for
+scale, and `both` less that span: what our code adds around what the SDK itself costs.
 
 "Not installed" costs the hooks' `if` checks only: the script times those three attribute checks
 (middleware, cache, upstream proxy) on their own and shows them as a share of the rewrite.
@@ -55,7 +58,7 @@ from prometheus_client import CollectorRegistry
 
 from prompt_middleware import observability
 
-STATES = ("off", "guard", "metrics", "api-only", "tracing", "both")
+STATES = ("off", "guard", "metrics", "api-only", "both-api", "tracing", "both")
 TARGET_ADDED = 0.10
 
 
@@ -70,18 +73,26 @@ PROVIDER = TracerProvider()
 PROVIDER.add_span_processor(SimpleSpanProcessor(DropSpans()))
 
 
+# As many as the rewrite span carries (four prompt attributes, label, cache result, outcome).
+FLOOR_ATTRIBUTES = {"a": "b", "c": 1, "d": "e", "f": 2, "g": "h", "i": "j", "k": "l"}
+
+
+def one_span(tracer: trace.Tracer) -> None:
+    """A bare SDK span (start, make current, seven attributes, end): what the SDK itself costs
+    per span, whoever starts it."""
+    span = tracer.start_span("floor")
+    token = otel_context.attach(trace.set_span_in_context(span))
+    otel_context.detach(token)
+    span.set_attributes(FLOOR_ATTRIBUTES)
+    span.end()
+
+
 def span_floor(n: int) -> float:
-    """Seconds for n bare SDK spans (start, make current, five attributes, end): what the SDK
-    itself costs per span, whoever starts it."""
+    """Seconds for n bare SDK spans (`one_span`)."""
     tracer = PROVIDER.get_tracer("floor")
-    attributes = {"a": "b", "c": 1, "d": "e", "f": 2, "g": "h"}
     start = time.thread_time()
     for _ in range(n):
-        span = tracer.start_span("floor")
-        token = otel_context.attach(trace.set_span_in_context(span))
-        otel_context.detach(token)
-        span.set_attributes(attributes)
-        span.end()
+        one_span(tracer)
     return time.thread_time() - start
 
 
@@ -100,6 +111,7 @@ def setters() -> dict[str, Callable[[], None]]:
         "guard": state(metrics=False, tracing=False),
         "metrics": state(metrics=True, tracing=False),
         "api-only": state(metrics=False, tracing=True),
+        "both-api": state(metrics=True, tracing=True),
         "tracing": state(metrics=False, tracing=True, tracer_provider=provider),
         "both": state(metrics=True, tracing=True, tracer_provider=provider),
     }
@@ -190,6 +202,12 @@ def run(backend: str, size: str, rounds: int, warmup: int, batch_s: float) -> di
 
 
 def callgrind_child(state: str, size: str, n: int) -> None:
+    if state == "sdk-span":
+        tracer = PROVIDER.get_tracer("floor")
+        for k in (20, n):
+            for _ in range(k):
+                one_span(tracer)
+        return
     body = body_for(size, "prompt")
     app: Any = BareApp() if state == "bare" else make_middleware(BareApp())
     scope = http_scope(CHAT_PATH, len(body))
@@ -222,24 +240,29 @@ def callgrind(size: str, n: int, jobs: int) -> dict[str, float]:
             raise RuntimeError(f"callgrind run failed ({state}):\n{out.stderr[-2000:]}")
         return int(match.group(1))
 
-    states = ["bare", *STATES]
+    states = ["bare", *STATES, "sdk-span"]
     with ThreadPoolExecutor(jobs) as pool:
         runs = {(s, k): pool.submit(count, s, k) for s in states for k in (0, n)}
     return {s: (runs[s, n].result() - runs[s, 0].result()) / n for s in states}
 
 
 def report_callgrind(per_request: dict[str, float]) -> None:
-    rewrite = per_request["off"] - per_request["bare"]
+    off = per_request["off"]
+    rewrite = off - per_request["bare"]
     rows = [
         [
             state,
             f"{per_request[state]:,.0f}",
             "-"
             if state in ("bare", "off")
-            else f"{(per_request[state] - per_request['off']) / rewrite * 100:+.1f} %",
+            else f"{(per_request[state] - off) / rewrite * 100:+.1f} %",
         ]
         for state in ("bare", *STATES)
     ]
+    span = per_request["sdk-span"]
+    rows.append(["one bare SDK span (for scale)", f"{span:,.0f}", f"{span / rewrite * 100:.1f} %"])
+    ours = per_request["both"] - off - span
+    rows.append(["both, less one bare SDK span", "", f"{ours / rewrite * 100:+.1f} %"])
     print("\n## Instructions per request (callgrind)\n")
     print(table(["state", "instructions", "added to the rewrite"], rows))
 

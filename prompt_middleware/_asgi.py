@@ -9,9 +9,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from .core.errors import PromptMiddlewareError, RequestTooLarge
+from .core.errors import PromptMiddlewareError, RequestTimeout, RequestTooLarge
 
 __all__ = [
     "answer_lifespan",
@@ -35,13 +36,39 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+async def read_body(
+    receive: Receive, limit: int | None = None, time_limit: float | None = None
+) -> bytes | None:
     """The whole request body, or None if the client disconnected before it was complete.
 
-    With `limit`, `RequestTooLarge` as soon as more than `limit` bytes arrived.
+    With `limit`, `RequestTooLarge` as soon as more than `limit` bytes arrived. With
+    `time_limit`, `RequestTimeout` when the body is still incomplete `time_limit` seconds after
+    its first part arrived. A cancel scope (even reading the clock) costs microseconds per
+    request on either backend, so the first `receive()`, which usually holds the whole body, is
+    awaited plainly and only the rest of a body that comes in parts is timed.
     """
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    first: bytes = message.get("body", b"")
+    if limit is not None and len(first) > limit:
+        raise _too_large(limit)
+    if not message.get("more_body", False):
+        return first
+    if time_limit is None:
+        return await _read_rest(receive, first, limit)
+    try:
+        with anyio.fail_after(time_limit):
+            return await _read_rest(receive, first, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {time_limit:g} seconds."
+        ) from None
+
+
+async def _read_rest(receive: Receive, first: bytes, limit: int | None) -> bytes | None:
+    chunks = [first] if first else []
+    size = len(first)
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -50,10 +77,14 @@ async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
         if chunk:
             size += len(chunk)
             if limit is not None and size > limit:
-                raise RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
+                raise _too_large(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request body is larger than the {limit}-byte limit.")
 
 
 def json_text(data: Any, **options: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from functools import lru_cache, partial
@@ -16,7 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import observability
 from ._asgi import read_body, replay, send_error
 from .core.encoding import content_coding, decodable, decode_body
-from .core.errors import PromptMiddlewareError, PromptNotFound, RequestTooLarge
+from .core.errors import (
+    MethodNotAllowed,
+    PromptMiddlewareError,
+    PromptNotFound,
+    RequestTooLarge,
+    UnsupportedContentEncoding,
+)
 from .core.experiments import Experiment, choose_label, parse_experiments, sticky_key
 from .core.prompts import Prompt, PromptRef
 from .core.references import ModelPrompt, PromptRequest, find_prompt_request, reference_markers
@@ -32,12 +39,15 @@ __all__ = ["PromptMiddleware"]
 logger = logging.getLogger("prompt_middleware")
 
 DEFAULT_SUFFIXES = ("/chat/completions", "/responses")
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds a guarded request's body may take to arrive in all before a 408."""
 RESPONSES_SUFFIX = "/responses"
 _BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
 # x-prompt-name: longer names are cut (HTTP clients cap header sizes, h11 at 16 KiB in all).
 _MAX_NAME_HEADER = 1024
 _NAME_SAFE = "/-_.~:@"
 _ELLIPSIS = "%E2%80%A6"
+_ALLOW_POST = ((b"allow", b"POST"),)
 
 
 class PromptMiddleware:
@@ -63,11 +73,14 @@ class PromptMiddleware:
         allowed_langfuse_hosts: Collection[str] | None = None,
         authorize: Callable[[Scope], Awaitable[object]] | None = None,
         experiments: Mapping[str, Experiment | Mapping[str, Any]] | None = None,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         if client_messages not in ("replace", "append"):
             raise ValueError("client_messages must be 'replace' or 'append'")
         if max_body_size <= 0:
             raise ValueError("max_body_size must be positive")
+        if body_timeout is not None and not (body_timeout > 0 and math.isfinite(body_timeout)):
+            raise ValueError("body_timeout must be a positive number of seconds or None")
         self.app = app
         if cache_ttl > 0 and not isinstance(registry, CachedRegistry):
             registry = CachedRegistry(registry, ttl=cache_ttl)
@@ -75,6 +88,7 @@ class PromptMiddleware:
         self._cache = registry if isinstance(registry, CachedRegistry) else None
         self._paths = frozenset(paths) if paths is not None else None
         self.max_body_size = max_body_size
+        self.body_timeout = body_timeout
         self.options = RewriteOptions(strict_variables, client_messages, text_role)
         self._model_prompts: Mapping[str, ModelPrompt] = MappingProxyType(
             {
@@ -96,25 +110,41 @@ class PromptMiddleware:
         return self._model_prompts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and self._matches(scope):
-            if self.authorize is None or await _authorized(self.authorize, scope, send):
-                if observability.active is None:
-                    await self._handle(scope, receive, send)
-                else:
-                    await observability.active.guard(self._handle, scope, receive, send)
-        elif scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "http":
+            method = scope["method"]
+            if method == "POST":
+                if self._matches(scope):
+                    if self.authorize is None or await _authorized(self.authorize, scope, send):
+                        if observability.active is None:
+                            await self._handle(scope, receive, send)
+                        else:
+                            await observability.active.guard(self._handle, scope, receive, send)
+                    return
+            elif not method.isupper() and self._matches(scope):
+                # `post` is not POST, but the HTTP client behind may send it as POST: refused,
+                # never passed on unexamined (h11 hands the method on as the client spelled it).
+                error = MethodNotAllowed(
+                    f"Method {method!r} is not allowed here; HTTP methods are"
+                    " case-sensitive (send POST)."
+                )
+                await send_error(send, error, _ALLOW_POST)
+                return
+        elif kind == "lifespan":
             await self._pass_lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
     def _matches(self, scope: Scope) -> bool:
         path: str = scope["path"]
         if self._paths is None:
-            return path.endswith(DEFAULT_SUFFIXES)
+            return path.endswith(DEFAULT_SUFFIXES) or (
+                _loose(path) and _canonical_path(path).endswith(DEFAULT_SUFFIXES)
+            )
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        return path in self._paths
+        return path in self._paths or (_loose(path) and _canonical_path(path) in self._paths)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_size
@@ -130,14 +160,15 @@ class PromptMiddleware:
             elif name == b"content-length" and _declares_more(header[1], limit):
                 too_large = True
         coding = content_coding(codings) if codings else ""
-        if not decodable(coding):
-            # A coding we cannot undo (br, zstd, stacked ones): forwarded as is; see the README.
-            await self.app(scope, receive, send)
-            return
         try:
+            if not decodable(coding):  # it would go on unexamined, prompt fields and keys too
+                raise UnsupportedContentEncoding(
+                    f"Content-Encoding {coding!r} is not supported here: send the body"
+                    " uncompressed, or compressed with gzip or deflate."
+                )
             if too_large:  # refused before reading, so the client gets no 100 Continue
                 raise _too_large(limit)
-            body = await read_body(receive, self.max_body_size)
+            body = await read_body(receive, self.max_body_size, self.body_timeout)
             if body is None:  # the client left before the body was complete
                 return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
@@ -199,9 +230,8 @@ class PromptMiddleware:
                 f" {chosen!r}, which no version of the prompt has.",
                 param="prompt_id",
             ) from exc
-        build = (
-            build_responses_body if scope["path"].endswith(RESPONSES_SUFFIX) else build_chat_body
-        )
+        responses = _canonical_path(scope["path"]).endswith(RESPONSES_SUFFIX)
+        build = build_responses_body if responses else build_chat_body
         return build(data, request, prompt, self.options), prompt, request.ref.effective_label
 
     def _experiment(
@@ -325,6 +355,22 @@ def _name_header(name: str) -> bytes:
             kept.append(piece)
         encoded = "".join(kept) + _ELLIPSIS
     return encoded.encode("ascii")
+
+
+def _loose(path: str) -> bool:
+    """Whether `path` is spelled in a way many servers read as another path: repeated or
+    trailing slashes (nginx merges them, many routers drop a trailing one) or capitals (servers
+    that ignore case). Cheap, so a canonical path that does not match costs nothing more."""
+    return not path.islower() or "//" in path or path.endswith("/")
+
+
+def _canonical_path(path: str) -> str:
+    """`path` as a lenient server reads it: no empty segments, no trailing slash, lower case.
+
+    `/v1/Chat//Completions/` is `/v1/chat/completions`: a guarded path however it is spelled, so
+    a body sent to a spelling of it is examined, never forwarded unread to a server that routes
+    that spelling to the endpoint."""
+    return "/" + "/".join(part for part in path.lower().split("/") if part)
 
 
 def _declares_more(length: bytes, limit: int) -> bool:

@@ -15,6 +15,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["httpx", "aiohttp"])
+def transport(request: pytest.FixtureRequest, anyio_backend: str) -> str:
+    """`UpstreamProxy(transport=...)` for a proxy run in the test's own event loop: both
+    clients on asyncio; aiohttp runs on asyncio only, so trio has the httpx one."""
+    if request.param == "aiohttp" and anyio_backend != "asyncio":
+        pytest.skip("aiohttp runs on asyncio only")
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[FakeLangfuse, str]]:
     """A fake Langfuse on a real loopback server, shared by one test module: (fake, base URL)."""

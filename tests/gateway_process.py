@@ -59,7 +59,8 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Comp
 class Gateway:
     url: str
     process: subprocess.Popen[str]
-    log: list[str] = field(default_factory=list)  # stderr, filled in once the process has ended
+    # stderr (and stdout, with `serving(stdout=True)`), filled in once the process has ended
+    log: list[str] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process.returncode is not None:
@@ -67,27 +68,35 @@ class Gateway:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            _, stderr = self.process.communicate(timeout=timeout)
+            output = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, stderr = self.process.communicate()
-        if stderr and not self.log:
-            self.log.extend(stderr.splitlines())
+            output = self.process.communicate()
+        text = output[1] if output[1] is not None else output[0]
+        if text and not self.log:
+            self.log.extend(text.splitlines())
         return self.process.wait()
 
 
 @contextmanager
 def serving(
-    *args: str, env: Mapping[str, str] | None = None, wait_for: str = "/health"
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    wait_for: str = "/health",
+    stdout: bool = False,
 ) -> Iterator[Gateway]:
-    """Run `serve ARGS --port P` until `wait_for` answers 200; stop it (SIGTERM) afterwards."""
+    """Run `serve ARGS --port P` until `wait_for` answers 200; stop it (SIGTERM) afterwards.
+
+    `stdout=True` keeps stdout in the log too (uvicorn's access lines go there); the pipes are
+    read only at the end, so keep such runs to a few requests.
+    """
     port = free_port()
     process = subprocess.Popen(
         [*COMMAND, "serve", *args, "--port", str(port)],
         cwd=ROOT,
         env=dict(env) if env is not None else gateway_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if stdout else subprocess.PIPE,
         text=True,
     )
     gateway = Gateway(f"http://127.0.0.1:{port}", process)

@@ -711,3 +711,100 @@ async def test_stats_snapshot(
 def test_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         CachedRegistry(InMemoryRegistry(), **kwargs)
+
+
+# --- refused keys, the negative bound (issue #16) -------------------------------------------
+
+
+async def test_refused_keys_during_a_stale_refresh_end_the_tenants_entries(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.replace(make_prompt(), make_prompt("other"))
+    cache = CachedRegistry(registry, ttl=TTL, negative_ttl=5.0, clock=clock)
+    revoked = cache.for_tenant("tenant-a", registry)
+    kept = cache.for_tenant("tenant-b", registry)
+    for view in (revoked, kept):
+        await view.get_prompt("greet")
+        await view.get_prompt("other")
+    clock.advance(TTL)
+    registry.error = RegistryAuthError("Langfuse rejected the API keys (HTTP 401).")
+    assert get_now(revoked, "greet").name == "greet"  # served stale while it is refreshed
+    await eventually(lambda: cache.stats.fetch_errors == 1)
+    calls = len(registry.calls)
+    # No stale-if-error for a refusal: neither that prompt nor the tenant's others are served.
+    for name in ("greet", "other"):
+        with pytest.raises(RegistryAuthError):
+            await revoked.get_prompt(name)
+    assert len(registry.calls) == calls + 1  # "other" asked; "greet"'s refusal remembered
+    with pytest.raises(RegistryAuthError):
+        await revoked.get_prompt("greet")
+    assert len(registry.calls) == calls + 1
+    clock.advance(5.0)  # negative_ttl later, asked again
+    with pytest.raises(RegistryAuthError):
+        await revoked.get_prompt("greet")
+    assert len(registry.calls) == calls + 2
+    # Another tenant's stale copies still ride out the failure.
+    assert get_now(kept, "greet").name == "greet"
+
+
+async def test_unknown_names_never_evict_prompts(registry: FakeRegistry, clock: FakeClock) -> None:
+    registry.replace(*(make_prompt(f"p{i}") for i in range(4)))
+    cache = CachedRegistry(registry, ttl=TTL, max_size=4, clock=clock)  # 1 negative (4 // 8)
+    for i in range(4):
+        await fill(cache, f"p{i}")
+    for i in range(100):
+        with pytest.raises(PromptNotFound):
+            await fill(cache, f"unknown-{i}")
+    assert cache.stats.entries == 5
+    assert cache.stats.evictions == 99
+    clock.advance(TTL)  # stale now: still there to serve while the registry is down
+    registry.error = RegistryUnavailable("down")
+    assert [get_now(cache, f"p{i}").name for i in range(4)] == ["p0", "p1", "p2", "p3"]
+
+
+def test_the_negative_bound_defaults_to_an_eighth_and_must_be_positive(
+    registry: FakeRegistry,
+) -> None:
+    assert CachedRegistry(registry, max_size=1024)._negatives.maxsize == 128
+    assert CachedRegistry(registry, max_size=4)._negatives.maxsize == 1
+    assert CachedRegistry(registry, negative_max_size=7)._negatives.maxsize == 7
+    with pytest.raises(ValueError, match="negative_max_size"):
+        CachedRegistry(registry, negative_max_size=0)
+
+
+class StubbornRegistry:
+    """Defers a cancellation until released, as a registry finishing a step it cannot safely
+    abandon does (LangfuseRegistry while httpx's pool hands it a connection)."""
+
+    def __init__(self) -> None:
+        self.released = anyio.Event()
+
+    async def get_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt:
+        with anyio.CancelScope(shield=True):
+            await self.released.wait()
+        return make_prompt(name)
+
+
+async def test_waiters_stop_at_fetch_timeout_even_if_the_registry_defers_cancellation() -> None:
+    registry = StubbornRegistry()
+    cache = CachedRegistry(registry, fetch_timeout=0.1)
+    outcomes: list[str] = []
+
+    async def ask() -> None:
+        try:
+            await cache.get_prompt("greet")
+        except RegistryUnavailable as exc:
+            outcomes.append(exc.message)
+
+    try:
+        with anyio.fail_after(5):  # generous: the answers come after 0.1 s
+            async with anyio.create_task_group() as group:
+                for _ in range(3):
+                    group.start_soon(ask)
+    finally:
+        registry.released.set()
+        await cache.aclose()
+    timed_out = "The prompt registry timed out fetching prompt 'greet' label 'production'."
+    assert outcomes == [timed_out] * 3

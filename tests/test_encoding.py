@@ -14,8 +14,11 @@ import json
 import time
 import tracemalloc
 import zlib
+from collections.abc import Callable
 
+import brotli  # type: ignore[import-untyped]  # it ships no type information
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 from starlette.types import Receive, Scope, Send
@@ -24,6 +27,7 @@ from prompt_middleware import (
     InMemoryRegistry,
     PromptMiddleware,
 )
+from prompt_middleware.core import encoding
 from prompt_middleware.core.encoding import content_coding, decodable, decode_body
 from prompt_middleware.core.errors import (
     InvalidContentEncoding,
@@ -176,19 +180,82 @@ async def test_compressed_size_counts_against_the_limit(capture: CaptureApp) -> 
     assert capture.requests == []
 
 
-@pytest.mark.parametrize("coding", [b"br", b"zstd", b"compress", b"gzip, br", b"gzip, gzip"])
-async def test_codings_we_cannot_undo_pass_through_unread(coding: bytes) -> None:
+@pytest.mark.parametrize(
+    ("coding", "hidden"),
+    [
+        pytest.param(b"br", True, id="br-without-brotli"),
+        pytest.param(b"zstd", True, id="zstd-without-zstandard"),
+        pytest.param(b"compress", False, id="compress"),
+        pytest.param(b"gzip, br", False, id="stacked"),
+        pytest.param(b"gzip, gzip", False, id="stacked-twice"),
+    ],
+)
+async def test_codings_we_cannot_undo_are_refused_on_guarded_paths(
+    coding: bytes, hidden: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forwarded unread, such a body would carry its prompt fields and credentials upstream
+    unexamined (issue #16): a 415 instead; on other paths it still passes through unread."""
+    if hidden:  # as installed without the extra: a missing package is not otherwise producible
+        monkeypatch.setattr(encoding, "_OPTIONAL", frozenset())
     seen: list[tuple[Scope, Receive, Send]] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append((scope, receive, send))
 
     mw = PromptMiddleware(app, registry=InMemoryRegistry(PROMPTS))
-    scope = http_scope(headers=[JSON, (b"content-encoding", coding)])
+    headers = [JSON, (b"content-encoding", coding)]
+    error = openai_error(
+        await asgi_call(mw, b"\x8b\x00opaque", headers), 415, "unsupported_content_encoding"
+    )
+    assert coding.decode() in error["message"]
+    assert seen == []
+    scope = http_scope("/v1/embeddings", headers=headers)
     receive = chunked_receive([b"\x8b\x00opaque"])
     send = SendLog()
     await mw(scope, receive, send)
     assert seen == [(scope, receive, send)]
+
+
+def _brotli(data: bytes) -> bytes:
+    compressed: bytes = brotli.compress(data)
+    return compressed
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+BR_AND_ZSTD: dict[str, Callable[[bytes], bytes]] = {"br": _brotli, "zstd": _zstd}
+
+
+@pytest.mark.parametrize("coding", list(BR_AND_ZSTD))
+async def test_br_and_zstd_are_decoded_and_rewritten(coding: str, capture: CaptureApp) -> None:
+    mw = PromptMiddleware(capture, registry=InMemoryRegistry(PROMPTS))
+    body = BR_AND_ZSTD[coding](PROMPT_BODY)
+    send = await asgi_call(mw, body, [JSON, (b"content-encoding", coding.encode())])
+    assert send.status == 200
+    assert forwarded(capture)["messages"] == [{"role": "user", "content": "Hello zip!"}]
+    assert "prompt_id" not in forwarded(capture)
+
+
+@pytest.mark.parametrize("coding", list(BR_AND_ZSTD))
+async def test_br_and_zstd_bombs_and_broken_data(coding: str, capture: CaptureApp) -> None:
+    mw = PromptMiddleware(capture, registry=InMemoryRegistry(PROMPTS), max_body_size=2**20)
+    compress = BR_AND_ZSTD[coding]
+    headers = [JSON, (b"content-encoding", coding.encode())]
+    bomb = compress(b" " * 50 * 2**20)  # 50 MB of spaces, a few kB on the wire
+    openai_error(await asgi_call(mw, bomb, headers), 413, "request_too_large")
+    whole = compress(PROMPT_BODY)
+    for broken in (whole[:-3], whole + b"trailing", b"\x00not compressed at all"):
+        openai_error(await asgi_call(mw, broken, headers), 400, "invalid_content_encoding")
+    assert capture.requests == []
+
+
+def test_zstd_frames_one_after_another_are_one_body() -> None:
+    frames = zstandard.ZstdCompressor().compress(b'{"a": ') + zstandard.ZstdCompressor().compress(
+        b"1}"
+    )
+    assert decode_body(frames, "zstd", 100) == b'{"a": 1}'
 
 
 async def test_empty_compressed_body_passes_through(capture: CaptureApp) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from starlette.types import Scope
+from starlette.types import Message, Scope
 
 from prompt_middleware import InMemoryRegistry, Prompt, PromptMiddleware, PromptMiddlewareError
 from prompt_middleware.core.errors import InvalidApiKey
@@ -21,6 +21,7 @@ from prompt_middleware.gateway.config import load_config
 from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .gateway_process import ROOT
+from .helpers import SendLog, http_scope, openai_error
 
 pytestmark = pytest.mark.anyio
 
@@ -254,3 +255,32 @@ async def test_watched_files_beat_a_long_ttl(tmp_path: Path, prompts: Path) -> N
         with anyio.fail_after(20):
             while await content(client) != "Edited":  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["middleware-reads", "gateway-routes"])
+async def test_server_body_timeout_takes_effect(
+    tmp_path: Path, prompts: Path, routed: bool
+) -> None:
+    """A body that stops coming is a 408 after `server.body_timeout`, whichever layer reads it
+    (with aliases to route, the gateway reads the body before the middleware)."""
+    config: dict[str, Any] = {
+        "registry": {"files": str(prompts)},
+        "upstreams": {"echo": {"base_url": "echo"}},
+        "server": {"body_timeout": 0.3},
+    }
+    if routed:
+        config["models"] = {"plain": {"model": "gpt-4.1"}}
+    app = _app(tmp_path, config)
+    first = [b'{"model": "plain", "prompt_id": "greeting"']
+
+    async def receive() -> Message:
+        if first:
+            return {"type": "http.request", "body": first.pop(), "more_body": True}
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    send = SendLog()
+    with anyio.fail_after(10):  # a bound on the test only: the default would be 30 s
+        await app(http_scope(), receive, send)
+    error = openai_error(send, 408, "request_timeout")
+    assert "0.3 seconds" in error["message"]

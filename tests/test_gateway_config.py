@@ -9,16 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from prompt_middleware.gateway.app import build_app
-from prompt_middleware.gateway.cli import _parser, main
+from prompt_middleware.gateway.app import GatewayApp, build_app
+from prompt_middleware.gateway.cli import _parser, describe, main
 from prompt_middleware.gateway.config import (
-    NOT_YET_ACTIVE,
     ConfigError,
-    inactive_settings,
+    GatewayConfig,
+    LangfuseSettings,
+    RegistryConfig,
+    UpstreamConfig,
     load_config,
 )
+from prompt_middleware.registries.cache import CachedRegistry
+from prompt_middleware.registries.langfuse import LangfuseRegistry
 
-from .gateway_process import ROOT, gateway_env, run_cli
+from .gateway_process import ROOT, gateway_env, run_cli, serving
 
 PROMPTS = ROOT / "examples" / "prompts"
 
@@ -58,7 +62,14 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "backup").mkdir()
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    for name in ("UPSTREAM_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "NOPE_KEY"):
+    for name in (
+        "UPSTREAM_API_KEY",
+        "LANGFUSE_PUBLIC_KEY",
+        "LANGFUSE_SECRET_KEY",
+        "LANGFUSE_BASE_URL",
+        "LANGFUSE_HOST",
+        "NOPE_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -89,13 +100,11 @@ def test_design_example_parses(folder: Path) -> None:
     assert config.webhooks.langfuse is not None
     assert config.webhooks.langfuse.secrets == ("lf-whsec_secret",)
     assert config.experiments["support/triage"].labels == {"production": 90, "candidate": 10}
-    # Parsed and validated, reported as not active yet; secrets never in a repr.
-    assert inactive_settings(config) == [
-        "metrics",
-        "tracing",
-        "experiments",
-    ]
-    assert set(inactive_settings(config)) <= set(NOT_YET_ACTIVE)
+    assert config.experiments["support/triage"].sticky == "user"
+    assert config.metrics is not None
+    assert config.metrics.path == "/metrics"
+    assert config.tracing is not None
+    # Secrets never in a repr.
     for secret in SECRETS.values():
         assert secret not in repr(config)
     build_app(config)
@@ -112,7 +121,6 @@ def test_json_and_env_numbers(folder: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert loaded.server.port == 4123
     assert loaded.server.workers == 2
     assert loaded.upstreams[0].timeout.read == 12
-    assert inactive_settings(loaded) == []
 
 
 def test_flags_override_the_file(folder: Path) -> None:
@@ -127,8 +135,10 @@ def test_flags_override_the_file(folder: Path) -> None:
             "text_role": "system",
             "strict_variables": True,
             "read_timeout": 0.0,
+            "log_format": "json",
         },
     )
+    assert config.server.log_format == "json"
     assert config.upstreams[0].name == "openai"  # aliases still point at it
     assert config.upstreams[0].base_url == "echo"
     assert config.upstreams[0].api_key is None  # never sent to where the flag points
@@ -241,9 +251,38 @@ ERRORS = [
     ("webhooks: {langfuse: {path: /h}}\n", "webhooks.langfuse.secrets: expected at least one"),
     ("metrics: {path: metrics}\n", "metrics.path: expected a path starting with /"),
     ("experiments: {p: {labels: {}}}\n", "experiments.p.labels: expected labels with weights"),
+    (
+        "experiments: {p: {labels: {a: 1}, sticky: cookie}}\n",
+        "experiments.p.sticky: expected one of user, header, got 'cookie'",
+    ),
+    ("server: {log_format: xml}\n", "server.log_format: expected one of text, json"),
+    ("metrics: {path: /health}\n", "metrics.path: /health is already the health check's"),
     ("cache: {redis_url: 'http://x'}\n", "cache.redis_url: expected a redis:// or rediss://"),
     ("cache: {ttl: 1}\ncache: {ttl: 2}\n", "gateway.yaml: line 4: key 'cache' is repeated"),
     ("server: {port: [\n", "gateway.yaml: invalid YAML at line 4"),
+    ("server: {body_timeout: 0}\n", "server.body_timeout: expected a number above 0, got 0"),
+    ("server: {body_timeout: soon}\n", "server.body_timeout: expected a number above 0"),
+    ("cache: {negative_max_size: 0}\n", "cache.negative_max_size: expected an integer of at"),
+    ("cache: {negative_max_size: 2.5}\n", "cache.negative_max_size: expected an integer"),
+    (
+        "registry: {langfuse: {max_response_size: 0}}\n",
+        "registry.langfuse.max_response_size: expected an integer of at least 1, got 0",
+    ),
+    (
+        "registry: {langfuse: {max_connections: many}}\n",
+        "registry.langfuse.max_connections: expected an integer of at least 1, got 'many'",
+    ),
+    ("registry: {langfuse: {timeout: 0}}\n", "registry.langfuse.timeout: expected a number abo"),
+    ("registry: {langfuse: {max_conections: 5}}\n", "langfuse: unknown key 'max_conections'"),
+    (
+        "registry: {langfuse: {host: 'https://pk:hunter2@lf.example'}}\n",
+        "registry.langfuse.host: expected a URL without credentials (they go in public_key and "
+        "secret_key), got 'https://***@lf.example'",
+    ),
+    (
+        "registry: {langfuse: {host: 'https://pk:hunter2@lf.example?x=1'}}\n",
+        "registry.langfuse.host: expected an absolute http(s) URL, got 'https://***@lf.example?",
+    ),
     ("- a\n", "expected a mapping of sections at the top level"),
 ]
 
@@ -266,6 +305,7 @@ def test_config_errors_are_one_line(
     assert message in err
     assert "42" not in err
     assert "12345" not in err
+    assert "hunter2" not in err
 
 
 LITELLM_ERRORS = [
@@ -348,14 +388,18 @@ def _doc_blocks(kind: str) -> list[str]:
     return re.findall(rf"```{kind}\n(.*?)```", text, flags=re.DOTALL)
 
 
-def test_docs_configs_load(folder: Path) -> None:
-    """docs/gateway.md's minimal config, with its sections accepted ahead, loads; its LiteLLM
+def test_docs_configs_load(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/gateway.md's minimal config, with its observability sections, loads; its LiteLLM
     example is the shipped one."""
-    minimal, ahead, litellm = _doc_blocks("yaml")
-    config = load_config(_write(folder, minimal + ahead))
+    minimal, observing, litellm = _doc_blocks("yaml")
+    monkeypatch.setenv("LANGFUSE_OTLP_AUTH", "Basic x")
+    config = load_config(_write(folder, minimal + observing))
     assert config.models[0].alias == "support-bot"
     assert config.server.workers == 2
-    assert inactive_settings(config) == ["metrics", "tracing", "experiments"]
+    assert config.metrics is not None
+    assert config.tracing is not None
+    assert config.tracing.headers == {"Authorization": "Basic x"}
+    assert config.experiments["support/triage"].labels == {"production": 90, "candidate": 10}
     shipped = (ROOT / "examples" / "litellm_config.yaml").read_text()
     assert litellm in shipped
 
@@ -376,3 +420,110 @@ def test_docs_commands_parse() -> None:
     assert len(commands) == 4
     for args in commands:
         assert _parser().parse_args(args).command == "serve"
+
+
+BOUNDS = """\
+registry:
+  langfuse: {host: 'http://127.0.0.1:9', public_key: pk-lf, secret_key: sk-lf, timeout: 2.5,
+             max_response_size: 65536, max_connections: 3}
+cache: {max_size: 64, negative_max_size: 7}
+upstreams: {a: {base_url: echo}}
+server: {max_body_size: 4096, body_timeout: 0.3}
+"""
+
+
+def _langfuse(app: GatewayApp) -> LangfuseRegistry:
+    cache = app.middleware.registry
+    assert isinstance(cache, CachedRegistry)
+    registry = cache.registry
+    assert isinstance(registry, LangfuseRegistry)
+    return registry
+
+
+def test_bounds_reach_the_built_app(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file's host wins over the environment's, as the registry table says.
+    monkeypatch.setenv("LANGFUSE_BASE_URL", "http://127.0.0.1:8")
+    app = build_app(load_config(_write(folder, BOUNDS)))
+    assert app.middleware.body_timeout == 0.3
+    assert app.middleware.max_body_size == 4096
+    cache = app.middleware.registry
+    assert isinstance(cache, CachedRegistry)
+    assert cache._negatives.maxsize == 7
+    assert cache._entries.maxsize == 64
+    langfuse = _langfuse(app)
+    assert langfuse.base_url == "http://127.0.0.1:9"
+    assert (langfuse._timeout, langfuse._max_response_size, langfuse._max_connections) == (
+        2.5,
+        65536,
+        3,
+    )
+
+
+def test_bounds_default_to_the_librarys(folder: Path) -> None:
+    text = (
+        "registry: {langfuse: {public_key: pk, secret_key: sk}}\nupstreams: {a: {base_url: echo}}\n"
+    )
+    app = build_app(load_config(_write(folder, text)))
+    assert app.middleware.body_timeout == 30.0
+    cache = app.middleware.registry
+    assert isinstance(cache, CachedRegistry)
+    assert cache._negatives.maxsize == 1024 // 8
+    langfuse = _langfuse(app)
+    assert (langfuse._timeout, langfuse._max_response_size, langfuse._max_connections) == (
+        5.0,
+        5 * 2**20,
+        100,
+    )
+    # --langfuse keeps the file's Langfuse settings, bounds included.
+    config = load_config(_write(folder, BOUNDS), {"langfuse": True})
+    assert config.registry.langfuse is not None
+    assert config.registry.langfuse.max_connections == 3
+
+
+# A credential in a URL: never in the startup line, a repr or an error.
+PASSWORD = "hunter2"
+
+
+def test_urls_with_userinfo_are_masked(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANGFUSE_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LANGFUSE_HOST", f"https://pk:{PASSWORD}@lf.example")  # unused: BASE_URL
+    text = (
+        "registry: {langfuse: {public_key: pk, secret_key: sk}}\n"
+        f"upstreams: {{a: {{base_url: 'https://user:{PASSWORD}@api.example.com/v1'}}}}\n"
+        f"tracing: {{otlp_endpoint: 'https://user:{PASSWORD}@otel.example/v1/traces'}}\n"
+    )
+    config = load_config(_write(folder, text))
+    app = build_app(config)
+    line = describe(config)
+    assert "Langfuse at http://127.0.0.1:9" in line  # the URL the registry uses
+    assert "api.example.com/v1" in line
+    for shown in (line, repr(config), repr(app.middleware.registry), repr(app.router.upstreams)):
+        assert PASSWORD not in shown
+    assert "https://***@api.example.com/v1" in repr(config)
+    # Should a Langfuse URL with userinfo reach it (the registry refuses one), it is masked.
+    built = GatewayConfig(
+        source="x",
+        registry=RegistryConfig(langfuse=LangfuseSettings(f"https://pk:{PASSWORD}@lf.example")),
+        upstreams=(UpstreamConfig("a", f"https://u:{PASSWORD}@api.example.com"),),
+    )
+    assert PASSWORD not in describe(built)
+    assert "Langfuse at https://***@lf.example" in describe(built)
+    assert PASSWORD not in repr(built)
+
+
+def test_real_cli_startup_line_masks_userinfo(folder: Path) -> None:
+    text = (
+        "registry: {langfuse: {public_key: pk, secret_key: sk}}\n"
+        f"upstreams: {{a: {{base_url: 'http://user:{PASSWORD}@127.0.0.1:9/v1'}}}}\n"
+    )
+    env = gateway_env(
+        LANGFUSE_BASE_URL="http://127.0.0.1:9",
+        LANGFUSE_HOST=f"https://pk:{PASSWORD}@lf.example",
+    )
+    with serving("--config", _write(folder, text), env=env) as gateway:
+        pass
+    startup = [line for line in gateway.log if "listening on" in line]
+    assert len(startup) == 1, gateway.log
+    assert "Langfuse at http://127.0.0.1:9" in startup[0]
+    assert "http://127.0.0.1:9/v1" in startup[0]
+    assert PASSWORD not in "\n".join(gateway.log)

@@ -10,6 +10,7 @@ answer exactly what a json-module reader answers, and `dump_json` must write wha
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import anyio
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from prompt_middleware import InMemoryRegistry, PromptMiddleware
 from prompt_middleware.core._json import dump_json
-from prompt_middleware.core.errors import InvalidPromptRequest, PromptMiddlewareError
+from prompt_middleware.core.errors import InvalidPrompt, InvalidPromptRequest, PromptMiddlewareError
 from prompt_middleware.core.references import (
     CREDENTIAL_FIELDS,
     PROMPT_FIELDS,
@@ -72,9 +73,29 @@ def reference_find(body: bytes) -> tuple[dict[str, Any], Any] | None:
     """`find_prompt_request` by the json module: `reference` then `read_prompt_request`."""
     data = reference(body)
     if data is None:
+        if re.search(rb'"(?:prompt_|langfuse_)', body) and not json_module_reads(body):
+            raise InvalidPromptRequest(UNREADABLE)  # not forwarded unexamined (issue #16)
         return None
     request = read_prompt_request(data, ALIASES, allow_credentials=True)
     return None if request is None else (data, request)
+
+
+UNREADABLE = (
+    "The request body names prompt_* or langfuse_* fields but is not valid JSON (NaN and"
+    " Infinity are not JSON); it was not forwarded."
+)
+
+
+def json_module_reads(body: bytes) -> bool:
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        text = body.decode("utf-8")
+        json.loads(text[1:] if text.startswith("\ufeff") else text, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def outcome(fn: Any, *args: Any, **kwargs: Any) -> str:
@@ -206,14 +227,12 @@ def test_a_number_out_of_range_is_refused_not_written_as_null() -> None:
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("where", ["scalar", "nested"])
-def test_a_non_finite_config_value_is_refused_not_written_as_null(value: float, where: str) -> None:
-    """A registry's own data (FileRegistry reads `Infinity`): refused as the json module did."""
+def test_a_non_finite_config_value_is_the_registrys_fault(value: float, where: str) -> None:
+    """A registry's own data (a YAML file's `.nan`): the prompt is malformed (502), not the
+    client's request (issue #16), and never written as null."""
     config = {"temperature": value} if where == "scalar" else {"tools": [{"x": (1, [value])}]}
-    prompt = text_prompt("greet", "hi", config=config)
-    found = find_prompt_request(b'{"prompt_id":"greet"}', {})
-    assert found is not None
-    with pytest.raises(InvalidPromptRequest, match="cannot represent"):
-        build_chat_body(found[0], found[1], prompt, RewriteOptions())
+    with pytest.raises(InvalidPrompt, match="NaN or Infinity"):
+        text_prompt("greet", "hi", config=config)
 
 
 # --- property: any serialisation, repeats spliced in --------------------------------------------

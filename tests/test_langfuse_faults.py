@@ -7,6 +7,7 @@ A flapping Langfuse never fails a request once the prompt is cached, and logs on
 
 from __future__ import annotations
 
+import gzip
 import logging
 from typing import Any
 
@@ -17,6 +18,7 @@ from prompt_middleware import (
     LangfuseRegistry,
     PromptMiddleware,
 )
+from prompt_middleware.registries.langfuse import DEFAULT_MAX_RESPONSE_SIZE
 from prompt_middleware.testing import CaptureApp
 
 from .fake_langfuse import FakeLangfuse
@@ -58,6 +60,13 @@ def langfuse(url: str, **kwargs: Any) -> LangfuseRegistry:
     return LangfuseRegistry(PK, SK, base_url=url, max_retries=0, **kwargs)
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 MALFORMED = {
     "not-json": b"<html>502 Bad Gateway</html>",
     "not-an-object": [1, 2],
@@ -78,6 +87,20 @@ MALFORMED = {
         "type": "text",
         "prompt": "x",
         "labels": [1],
+    },
+    # Hostile answers (issue #16, item 9): the registry's fault, never the client's or a 500.
+    "nested-past-the-recursion-limit": b'{"name": "greet", "version": 1, "type": "text", '
+    b'"prompt": "x", "config": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b"}",
+    "nan-in-config": b'{"name": "greet", "version": 1, "type": "text", "prompt": "x", '
+    b'"config": {"temperature": NaN}}',
+    "infinity-in-config": b'{"name": "greet", "version": 1, "type": "text", "prompt": "x", '
+    b'"config": {"temperature": 1e400}}',
+    "config-nested-deeply": {
+        "name": "greet",
+        "version": 1,
+        "type": "text",
+        "prompt": "x",
+        "config": _nested(100),
     },
 }
 
@@ -133,6 +156,42 @@ async def test_registry_fault_with_a_stale_copy_serves_it(
     assert (await post(mw, GREET_BODY)).status_code == 200
     assert [c.json["messages"] for c in capture.requests] == [HELLO] * 3
     await mw.aclose()
+
+
+async def test_an_answer_past_max_response_size_is_the_registrys_fault(
+    fake: FakeLangfuse, served: tuple[FakeLangfuse, str], capture: CaptureApp
+) -> None:
+    fake.add_prompt(PK, SK, "big", "x" * 20_000)
+    mw = PromptMiddleware(capture, registry=langfuse(served[1], max_response_size=8192))
+    response = await post(mw, {"model": "m", "prompt_id": "big"})
+    err = openai_error(response, 502, "invalid_prompt")
+    assert "'big'" in err["message"]
+    assert "8192 bytes" in err["message"]
+    assert capture.requests == []
+    assert (await post(mw, GREET_BODY)).status_code == 200  # a prompt under the cap loads
+    await mw.aclose()
+
+
+async def test_a_compressed_answer_is_capped_once_decompressed(
+    fake: FakeLangfuse, served: tuple[FakeLangfuse, str], capture: CaptureApp
+) -> None:
+    # 64 KiB on the wire, 8 MB inflated: refused at the 5 MB default while it is read.
+    bomb = b'{"name": "greet", "version": 1, "type": "text", "prompt": "' + b" " * 8_000_000
+    body = gzip.compress(bomb + b'"}')
+    fake.fail_next(1, 200, headers={"content-encoding": "gzip"}, body=body)
+    mw = PromptMiddleware(capture, registry=langfuse(served[1]))
+    err = openai_error(await post(mw, GREET_BODY), 502, "invalid_prompt")
+    assert str(DEFAULT_MAX_RESPONSE_SIZE) in err["message"]
+    await mw.aclose()
+
+
+def test_max_response_size_and_max_connections_must_be_positive() -> None:
+    assert DEFAULT_MAX_RESPONSE_SIZE == 5 * 2**20
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="max_response_size"):
+            LangfuseRegistry(PK, SK, max_response_size=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="max_connections"):
+            LangfuseRegistry(PK, SK, max_connections=bad)  # type: ignore[arg-type]
 
 
 async def test_registry_connection_refused(

@@ -271,7 +271,7 @@ def test_model_prompts_validated_at_construction() -> None:
         b'{"model":"m","messages":[{"role":"user","content":"about prompts"}]}',
         b"not json at all",
         b'["prompt_id", "x"]',
-        b'{"prompt_id": NaN}',
+        b'{"prompt": NaN}',
         b"",
     ],
 )

@@ -67,24 +67,33 @@ PROMPTS = [
 ]
 
 
-# --- bodies that are not (usable) JSON pass through untouched -------------------------------------
+# --- bodies that are not (usable) JSON ------------------------------------------------------------
 
 
 DEEP = 100_000
 
 
+# Not JSON objects, or not JSON at all but naming none of our fields: untouched.
 UNPARSEABLE = {
-    "truncated": b'{"prompt_id": "greet",',
-    "trailing-garbage": b'{"prompt_id": "greet"} x',
     "array": b'["prompt_id", "greet"]',
     "string": b'"prompt_id"',
     "null": b"null",
     "empty": b"",
     "whitespace": b" \r\n\t ",
-    "non-utf8": b'{"prompt_id": "gr\xffeet"}',
-    "latin-1": '{"prompt_id": "greet", "x": "café"}'.encode("latin-1"),
     "utf-16": '{"prompt_id": "greet"}'.encode("utf-16"),
     "utf-32": '{"prompt_id": "greet"}'.encode("utf-32"),
+    "nested-top-level": b"[" * DEEP + b"]" * DEEP,
+    "nan-without-our-fields": b'{"model": "m", "temperature": NaN}',
+    "truncated-naming-a-prompt-in-text": b'{"messages": [{"content": "prompt: x"}',
+}
+
+# Not JSON (as the json module reads it) yet naming prompt_* or langfuse_* fields: forwarded,
+# they would carry those fields upstream unexamined, so they are refused (issue #16).
+UNREADABLE_WITH_OUR_FIELDS = {
+    "truncated": b'{"prompt_id": "greet",',
+    "trailing-garbage": b'{"prompt_id": "greet"} x',
+    "non-utf8": b'{"prompt_id": "gr\xffeet"}',
+    "latin-1": '{"prompt_id": "greet", "x": "café"}'.encode("latin-1"),
     "encoded-surrogate": b'{"prompt_id": "greet", "x": "\xed\xa0\x80"}',
     "nan": b'{"prompt_id": "greet", "temperature": NaN}',
     "infinity": b'{"prompt_id": "greet", "temperature": -Infinity}',
@@ -97,8 +106,8 @@ UNPARSEABLE = {
         + b"}" * DEEP
         + b"}}"
     ),
-    "nested-top-level": b"[" * DEEP + b"]" * DEEP,
     "unterminated-deep": b'{"prompt_id": "greet", "x": ' + b"[" * DEEP,
+    "credentials-in-broken-json": b'{"model": "m", "langfuse_secret_key": "sk-lf-1", ',
 }
 
 
@@ -112,6 +121,20 @@ async def test_unparseable_bodies_pass_through_untouched(body: bytes, capture: C
     assert capture.last.headers.raw == headers
     assert "prompt" not in capture.last.state
     assert b"x-prompt-name" not in dict(send.messages[0]["headers"])
+
+
+@pytest.mark.parametrize(
+    "body", list(UNREADABLE_WITH_OUR_FIELDS.values()), ids=list(UNREADABLE_WITH_OUR_FIELDS)
+)
+async def test_unreadable_bodies_naming_our_fields_are_refused(
+    body: bytes, capture: CaptureApp
+) -> None:
+    mw = PromptMiddleware(capture, registry=InMemoryRegistry(PROMPTS))
+    send = await asgi_call(mw, [body[:7], body[7:]])
+    error = openai_error(send, 400, "invalid_prompt_request")
+    assert "not valid JSON" in error["message"]
+    assert "sk-lf-1" not in send.body.decode()
+    assert capture.requests == []
 
 
 async def test_nesting_right_at_the_recursion_limit_is_never_a_500(

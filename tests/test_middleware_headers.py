@@ -118,10 +118,11 @@ UNSENDABLE = {
 }
 
 
+@pytest.mark.parametrize("cache_ttl", [60.0, 0.0], ids=["cached", "uncached"])
 @pytest.mark.parametrize("field", list(UNSENDABLE))
 @pytest.mark.parametrize("source", ["memory", "files", "langfuse"])
 async def test_unsendable_names_are_the_clients_400_whatever_the_registry(
-    field: str, source: str, tmp_path: Any, capture: CaptureApp
+    field: str, source: str, cache_ttl: float, tmp_path: Any, capture: CaptureApp
 ) -> None:
     """A lone surrogate cannot travel as UTF-8: refused at the request boundary, before any
     registry is asked (Langfuse would otherwise fail as "unavailable", files answer 404)."""
@@ -131,7 +132,7 @@ async def test_unsendable_names_are_the_clients_400_whatever_the_registry(
         # Nothing listens there: a request that reached the registry would fail as a 503.
         "langfuse": lambda: LangfuseRegistry("pk-lf-x", "sk-lf-x", base_url="http://127.0.0.1:9"),
     }
-    mw = PromptMiddleware(capture, registry=registries[source]())
+    mw = PromptMiddleware(capture, registry=registries[source](), cache_ttl=cache_ttl)
     send = await asgi_call(mw, json.dumps(UNSENDABLE[field]).encode())
     openai_error(send, 400, "invalid_prompt_request", param=field)
     assert capture.requests == []

@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from prompt_middleware import observability
@@ -276,3 +277,92 @@ async def test_upstream_failure_is_recorded(spans: InMemorySpanExporter) -> None
     assert "http.response.status_code" not in _attrs(client_span)
     rewrite = await _one(spans, SpanKind.INTERNAL)
     assert _attrs(rewrite)["prompt_middleware.outcome"] == "rewritten"  # the rewrite itself did
+
+
+GLOBAL_PROVIDER_LATER = """
+import anyio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prompt_middleware import observability
+from prompt_middleware.core.prompts import Prompt
+from prompt_middleware.middleware import PromptMiddleware
+from prompt_middleware.registries.memory import InMemoryRegistry
+from prompt_middleware.testing import CaptureApp, asgi_client
+
+observer = observability.enable(metrics=False, tracing=True, access_log=False)
+capture = CaptureApp()
+registry = InMemoryRegistry([Prompt("p", 1, "text", "hi", labels=("production",))])
+app = PromptMiddleware(capture, registry)
+
+async def call() -> None:
+    async with asgi_client(app) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"prompt_id": "p"},
+            headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+        )
+        assert response.status_code == 200
+
+anyio.run(call)  # no provider yet: no tracer, no span
+print(observer.tracing.tracer is None)
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # as an application does at its startup, after enable()
+anyio.run(call)
+(span,) = exporter.get_finished_spans()
+print(span.name, span.parent.trace_id == int("a" * 32, 16))
+"""
+
+
+def test_spans_once_the_application_sets_a_provider() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_LATER],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True", "rewrite p True"]
+
+
+class _DropRewrites(Sampler):
+    """Records every root span except the rewrite span."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        name = kwargs.get("name", args[2] if len(args) > 2 else "")
+        decision = Decision.DROP if name == "rewrite" else Decision.RECORD_AND_SAMPLE
+        return SamplingResult(decision)
+
+    def get_description(self) -> str:
+        return "drop rewrites"
+
+
+async def test_a_sampled_out_request_records_no_upstream_span_either(
+    upstream: tuple[FakeOpenAI, str],
+) -> None:
+    fake, url = upstream
+    fake.seen.clear()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(_DropRewrites()))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    observability.enable(metrics=False, tracing=True, tracer_provider=provider)
+    try:
+        app = PromptMiddleware(UpstreamProxy(url + "/v1"), _registry())
+        async with asgi_client(app) as client:
+            response = await client.post("/v1/chat/completions", json={"prompt_id": NAME})
+            assert response.status_code == 200
+    finally:
+        observability.disable()
+        provider.shutdown()
+    # The upstream span is the dropped rewrite span's child: dropped with it, not a new root.
+    assert exporter.get_finished_spans() == ()
+    assert len(fake.seen) == 1

@@ -6,6 +6,7 @@ rule down with hand-picked cases so a failure names the rule that broke.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -517,3 +518,24 @@ def test_from_langfuse_malformed(data: Any) -> None:
 def test_prompt_ref(ref: PromptRef, label: str | None, shown: str) -> None:
     assert ref.effective_label == label
     assert str(ref) == shown
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({"temperature": math.nan}, id="nan"),
+        pytest.param({"stop": [math.inf]}, id="inf-in-a-list"),
+        pytest.param({"response_format": _deep(65)}, id="nested-past-64"),
+    ],
+)
+def test_a_config_json_cannot_carry_is_the_registrys_fault(config: dict[str, Any]) -> None:
+    with pytest.raises(InvalidPrompt, match="config"):
+        Prompt("p", 1, "text", "x", config=config)
+    Prompt("p", 1, "text", "x", config={"response_format": _deep(63)})  # within the bound

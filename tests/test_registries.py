@@ -196,6 +196,16 @@ async def test_json_single_object(root: Path) -> None:
     assert prompt.compile({"a": 1, "history": []}) == [{"role": "system", "content": "1"}]
 
 
+async def test_json_with_a_utf8_bom_loads(root: Path) -> None:
+    (root / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "caf\u00e9"}).encode())
+    assert (await FileRegistry(root).get_prompt("bom")).prompt == "caf\u00e9"
+
+
+async def test_a_bom_is_not_part_of_a_text_prompt(root: Path) -> None:
+    (root / "bom.txt").write_bytes("\ufeffHello".encode())
+    assert (await FileRegistry(root).get_prompt("bom")).prompt == "Hello"
+
+
 async def test_json_object_keeps_its_version_and_labels(root: Path) -> None:
     write(root / "greet.json", {"prompt": "x", "version": 5, "labels": ["staging"]})
     registry = FileRegistry(root)
@@ -356,6 +366,13 @@ async def test_missing_version_or_label_in_a_file(root: Path) -> None:
             id="same-version-twice",
         ),
         pytest.param("p.json", b'{"prompt": "caf\xe9"}', id="not-utf8-json"),
+        pytest.param(
+            "p.json",
+            b'{"prompt": "x", "config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            id="nested-past-the-recursion-limit",
+        ),
+        pytest.param("p.json", b'{"prompt": "x", "config": {"t": NaN}}', id="nan-in-config"),
+        pytest.param("p.yaml", "prompt: x\nconfig: {t: .nan}\n", id="yaml-nan-in-config"),
         pytest.param("p.txt", b"caf\xe9", id="not-utf8-text"),
         pytest.param("p.yaml", "prompt: [unclosed", id="invalid-yaml"),
         pytest.param("p.yaml", "", id="empty-yaml"),

@@ -22,7 +22,7 @@ from prompt_middleware.registries.tenants import LangfuseTenants
 from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import FakeLangfuse
-from .helpers import asgi_call, openai_error
+from .helpers import Clock, asgi_call, openai_error, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -77,7 +77,7 @@ async def test_malformed_hosts_through_the_middleware_are_a_400(
     ],
 )
 async def test_unsendable_credentials_are_a_400_not_a_500(
-    field: str, value: str, capture: CaptureApp
+    field: str, value: str, capture: CaptureApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     mw = PromptMiddleware(capture, registry=base_registry(), allow_request_credentials=True)
     body = {"prompt_id": "greet", "langfuse_public_key": "pk-lf-a", "langfuse_secret_key": "sk"}
@@ -88,6 +88,7 @@ async def test_unsendable_credentials_are_a_400_not_a_500(
     openai_error(send, 400, "invalid_prompt_request", param=field)
     assert value not in send.body.decode("utf-8", "surrogatepass")
     assert capture.requests == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []  # no traceback
 
 
 def test_registry_for_is_cache_aware_and_pooled() -> None:
@@ -245,3 +246,37 @@ async def test_secrets_never_logged(
 def test_request_credentials_need_a_langfuse_registry() -> None:
     with pytest.raises(TypeError, match="LangfuseRegistry"):
         PromptMiddleware(CaptureApp(), registry=InMemoryRegistry(), allow_request_credentials=True)
+
+
+async def test_revoked_request_keys_stop_working_at_the_next_refresh(
+    fake: FakeLangfuse, served: tuple[FakeLangfuse, str], capture: CaptureApp
+) -> None:
+    """A 401 from Langfuse is not an outage: the tenant's cached prompt is not served stale to
+    keys Langfuse has revoked (issue #16, item 5), and the refusal is remembered briefly."""
+    clock = Clock()
+    registry = LangfuseRegistry(BASE_PK, BASE_SK, base_url=served[1], max_retries=0)
+    cache = CachedRegistry(registry, ttl=10, negative_ttl=5, clock=clock)
+    mw = PromptMiddleware(capture, registry=cache, allow_request_credentials=True)
+    body = {"model": "m", "prompt_id": "greet", **creds(A_PK, A_SK)}
+    async with asgi_client(mw) as client:
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        del fake.projects[(A_PK, A_SK)]  # the keys are revoked
+        clock.now += 11
+        # The stale copy answers while the refresh learns of the revocation...
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        await settle(lambda: cache.stats.fetch_errors == 1)
+        # ...and from then on the revoked keys get nothing, without asking Langfuse each time.
+        seen = fake.request_count
+        for _ in range(3):
+            response = await client.post("/v1/chat/completions", json=body)
+            err = openai_error(response, 502, "prompt_registry_auth_failed")
+            assert A_SK not in err["message"]
+        assert fake.request_count == seen
+        # Other keys are untouched.
+        other = {"model": "m", "prompt_id": "greet", **creds(B_PK, B_SK)}
+        assert (await client.post("/v1/chat/completions", json=other)).status_code == 200
+    assert [c.json["messages"][0]["content"] for c in capture.requests] == [
+        "tenant A says hi",
+        "tenant A says hi",
+        "tenant B says hi",
+    ]

@@ -15,6 +15,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from prompt_middleware.core.prompts import Prompt
+from prompt_middleware.gateway._transport import TransportName
 from prompt_middleware.gateway.upstream import DEFAULT_TIMEOUT, UpstreamProxy
 from prompt_middleware.middleware import PromptMiddleware
 from prompt_middleware.registries.memory import InMemoryRegistry
@@ -144,6 +145,11 @@ class FakeOpenAI:
         )
         await _body(send, b"{}")
 
+    async def redirect(self, key: str, receive: Receive, send: Send) -> None:
+        headers = [(b"location", b"/v1/models"), (b"content-length", b"0")]
+        await _start(send, 307, headers)
+        await _body(send, b"")
+
     async def gzip(self, key: str, receive: Receive, send: Send) -> None:
         body = gzip.compress(json.dumps({"zipped": True}).encode())
         headers = [
@@ -162,9 +168,11 @@ def upstream() -> Iterator[tuple[str, FakeOpenAI]]:
         yield url, app
 
 
-@pytest.fixture(scope="module")
-def proxy_url(upstream: tuple[str, FakeOpenAI]) -> Iterator[str]:
-    with running_server(UpstreamProxy(upstream[0] + "/v1")) as url:
+@pytest.fixture(scope="module", params=["httpx", "aiohttp"])
+def proxy_url(upstream: tuple[str, FakeOpenAI], request: pytest.FixtureRequest) -> Iterator[str]:
+    """The proxy served by uvicorn (so on asyncio), with each of its clients."""
+    proxy = UpstreamProxy(upstream[0] + "/v1", transport=request.param)
+    with running_server(proxy) as url:
         yield url
 
 
@@ -282,9 +290,9 @@ async def test_client_disconnect_while_waiting_for_upstream(
 # Errors
 
 
-async def test_connect_error_is_502(anyio_backend: str) -> None:
+async def test_connect_error_is_502(transport: TransportName) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    async with openai_client(UpstreamProxy(dead)) as client:
+    async with openai_client(UpstreamProxy(dead, transport=transport)) as client:
         with pytest.raises(openai.InternalServerError) as caught:
             await client.chat.completions.create(model="m", messages=[])
     assert caught.value.status_code == 502
@@ -292,8 +300,10 @@ async def test_connect_error_is_502(anyio_backend: str) -> None:
     assert "ConnectError" in caught.value.message
 
 
-async def test_read_timeout_is_504(upstream: tuple[str, FakeOpenAI]) -> None:
-    proxy = UpstreamProxy(upstream[0], timeout=0.2)
+async def test_read_timeout_is_504(
+    upstream: tuple[str, FakeOpenAI], transport: TransportName
+) -> None:
+    proxy = UpstreamProxy(upstream[0], timeout=0.2, transport=transport)
     async with asgi_client(proxy) as client:
         response = await client.post("/v1/chat/completions", json={}, headers=_behave("slow"))
     assert response.status_code == 504
@@ -391,25 +401,29 @@ async def test_body_failure_mid_response_aborts_the_connection(proxy_url: str) -
 )
 async def test_path_and_query_forwarded(
     upstream: tuple[str, FakeOpenAI],
+    transport: TransportName,
+    *,
     base_path: str,
     request_target: str,
     forwarded_path: str,
     forwarded_raw: bytes,
 ) -> None:
     url, fake = upstream
-    async with asgi_client(UpstreamProxy(url + base_path)) as client:
+    async with asgi_client(UpstreamProxy(url + base_path, transport=transport)) as client:
         await client.get(request_target)
     received = fake.capture.last
     assert (received.path, received.raw_path) == (forwarded_path, forwarded_raw)
     assert received.query_string == b"x=1&y=a%20b"
 
 
-async def test_mounted_proxy_drops_its_mount_prefix(upstream: tuple[str, FakeOpenAI]) -> None:
+async def test_mounted_proxy_drops_its_mount_prefix(
+    upstream: tuple[str, FakeOpenAI], transport: TransportName
+) -> None:
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
     url, fake = upstream
-    proxy = UpstreamProxy(url + "/v1")
+    proxy = UpstreamProxy(url + "/v1", transport=transport)
     app = Starlette(routes=[Mount("/openai", app=proxy)])
     # Mount does not pass lifespan on, so the proxy is closed by hand.
     async with proxy, asgi_client(app) as client:
@@ -476,6 +490,16 @@ async def test_no_cookie_persistence(proxy_url: str, fake: FakeOpenAI) -> None:
     assert "cookie" not in fake.capture.last.headers
 
 
+async def test_redirects_reach_the_client_unfollowed(proxy_url: str, fake: FakeOpenAI) -> None:
+    before = len(fake.capture.requests)
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            proxy_url + "/v1/chat/completions", json={}, headers=_behave("redirect")
+        )
+    assert (response.status_code, response.headers["location"]) == (307, "/v1/models")
+    assert len(fake.capture.requests) == before  # the redirect's own request was never made
+
+
 async def test_compressed_body_passes_through_untouched(proxy_url: str) -> None:
     async with httpx.AsyncClient() as client:
         response = await client.get(proxy_url + "/v1/models", headers=_behave("gzip"))
@@ -503,9 +527,12 @@ async def test_streamed_request_body_keeps_content_length(proxy_url: str, fake: 
     assert chunked.json == {"model": "m", "messages": []}
 
 
-async def test_configured_headers_override_client_headers(upstream: tuple[str, FakeOpenAI]) -> None:
+async def test_configured_headers_override_client_headers(
+    upstream: tuple[str, FakeOpenAI], transport: TransportName
+) -> None:
     url, fake = upstream
-    proxy = UpstreamProxy(url, headers={"Authorization": "Bearer sk-server", "X-Extra": "1"})
+    headers = {"Authorization": "Bearer sk-server", "X-Extra": "1"}
+    proxy = UpstreamProxy(url, headers=headers, transport=transport)
     async with asgi_client(proxy, headers={"authorization": "Bearer client"}) as client:
         await client.get("/v1/models")
     received = fake.capture.last.headers
@@ -564,17 +591,18 @@ async def test_websocket_is_refused(anyio_backend: str) -> None:
 
 
 async def test_lifespan_and_aclose_close_only_owned_clients(
-    upstream: tuple[str, FakeOpenAI],
+    upstream: tuple[str, FakeOpenAI], transport: TransportName
 ) -> None:
     url, _ = upstream
-    proxy = UpstreamProxy(url)
+    proxy = UpstreamProxy(url, transport=transport)
     async with lifespan(proxy):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy)) as client:
             assert (await client.get("http://proxy/v1/models")).status_code == 200
-        owned = proxy._client
+        owned = proxy._transport
         assert owned is not None
-    assert owned.is_closed
-    assert proxy._client is None
+        assert owned.name == transport
+    assert owned.closed
+    assert proxy._transport is None
 
     async with httpx.AsyncClient() as mine:
         borrowed = UpstreamProxy(url, client=mine)
@@ -606,6 +634,7 @@ def test_repr_hides_credentials() -> None:
 
 @pytest.fixture(scope="module")
 def gateway_url(upstream: tuple[str, FakeOpenAI]) -> Iterator[str]:
+    # Served by uvicorn on asyncio: the default client there is aiohttp where installed.
     prompt = Prompt(
         name="greet",
         version=3,

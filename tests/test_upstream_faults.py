@@ -22,6 +22,7 @@ from prompt_middleware import (
     PromptMiddleware,
     UpstreamProxy,
 )
+from prompt_middleware.gateway._transport import TransportName
 from prompt_middleware.testing import asgi_client
 
 from .helpers import (
@@ -88,17 +89,17 @@ def upstream() -> Iterator[tuple[Misbehaving, str]]:
         yield app, url
 
 
-async def test_upstream_refused_is_502() -> None:
-    async with UpstreamProxy(f"http://127.0.0.1:{free_port()}") as proxy:
+async def test_upstream_refused_is_502(transport: TransportName) -> None:
+    async with UpstreamProxy(f"http://127.0.0.1:{free_port()}", transport=transport) as proxy:
         mw = PromptMiddleware(proxy, registry=InMemoryRegistry([GREET]))
         err = openai_error(await post(mw, GREET_BODY), 502, "upstream_unavailable")
     assert "ConnectError" in err["message"]
 
 
 async def test_upstream_slow_is_504_and_got_the_rewritten_body(
-    upstream: tuple[Misbehaving, str],
+    upstream: tuple[Misbehaving, str], transport: TransportName
 ) -> None:
-    async with UpstreamProxy(upstream[1], timeout=0.3) as proxy:
+    async with UpstreamProxy(upstream[1], timeout=0.3, transport=transport) as proxy:
         mw = PromptMiddleware(proxy, registry=InMemoryRegistry([GREET]))
         async with asgi_client(mw) as client:
             with anyio.fail_after(3):
@@ -110,9 +111,9 @@ async def test_upstream_slow_is_504_and_got_the_rewritten_body(
 
 
 async def test_upstream_dropped_mid_stream_ends_the_stream_with_an_error_event(
-    upstream: tuple[Misbehaving, str],
+    upstream: tuple[Misbehaving, str], transport: TransportName
 ) -> None:
-    async with UpstreamProxy(upstream[1]) as proxy:
+    async with UpstreamProxy(upstream[1], transport=transport) as proxy:
         mw = PromptMiddleware(proxy, registry=InMemoryRegistry([GREET]))
         async with asgi_client(mw) as client:
             response = await client.post(
@@ -127,11 +128,12 @@ async def test_upstream_dropped_mid_stream_ends_the_stream_with_an_error_event(
 
 
 async def test_upstream_dropped_mid_body_breaks_the_response_rather_than_shortening_it(
-    upstream: tuple[Misbehaving, str],
+    upstream: tuple[Misbehaving, str], transport: TransportName
 ) -> None:
     # Served by uvicorn, which aborts the connection when the app raises mid-body; lifespan
     # shutdown closes the proxy's client.
-    mw = PromptMiddleware(UpstreamProxy(upstream[1]), registry=InMemoryRegistry([GREET]))
+    proxy = UpstreamProxy(upstream[1], transport=transport)
+    mw = PromptMiddleware(proxy, registry=InMemoryRegistry([GREET]))
     with running_server(mw) as url:
         async with httpx.AsyncClient(base_url=url) as client:
             with pytest.raises(httpx.RemoteProtocolError):

@@ -31,6 +31,9 @@ __all__ = [
     "dump_json",
     "exact_object",
     "finite",
+    "is_json",
+    "load_document",
+    "unsendable",
 ]
 
 _BOM = b"\xef\xbb\xbf"
@@ -139,6 +142,41 @@ def _beyond(value: Any, low: float, high: float, max_depth: float = math.inf) ->
                 return True
         level = below
     return False
+
+
+def load_document(data: bytes | str) -> Any:
+    """A registry's JSON document (a Langfuse answer, a prompt file) as the json module reads
+    it, a leading UTF-8 BOM ignored. `ValueError` for what is not JSON, for NaN and Infinity
+    (no JSON writer can send them on) and for nesting past the recursion limit."""
+    if isinstance(data, str):
+        data = data.removeprefix("\ufeff")
+    try:
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def is_json(body: bytes) -> bool:
+    """Whether `body` is JSON at all (any value) as the json module reads UTF-8, NaN and
+    Infinity refused; for bodies already found not to be a readable JSON object."""
+    try:
+        json.loads(body.decode("utf-8").removeprefix("\ufeff"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def unsendable(value: Any, max_depth: int) -> bool:
+    """Whether `value` holds a float JSON cannot carry (NaN, ±inf) or nests dicts and lists
+    deeper than `max_depth`."""
+    return _beyond(value, -math.inf, math.inf, max_depth)
 
 
 def _reject_constant(name: str) -> Any:

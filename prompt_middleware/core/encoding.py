@@ -1,19 +1,24 @@
-"""Request bodies sent with `content-encoding: gzip` or `deflate`, decoded within a size bound.
+"""Compressed request bodies, decoded within a size bound.
 
-The middleware must see a compressed body's JSON to find a prompt reference in it, so it inflates
-`gzip` (`x-gzip`) and `deflate` bodies, never past `max_body_size` bytes of output: a gzip bomb
-costs at most that much memory and is answered 413. Any other coding (`br`, `zstd`, several
-stacked codings) cannot be inspected and is left to the app behind.
+The middleware must see a compressed body's JSON to find a prompt reference in it, so it
+inflates `gzip` (`x-gzip`) and `deflate` bodies, and `br` / `zstd` ones where their decoder is
+installed (the `brotli` and `zstd` extras: Google's `brotli`, `zstandard`), never past
+`max_body_size` bytes of output: a bomb costs at most that much memory and is answered 413.
+A coding it cannot decode (those without their decoder, unknown ones, several stacked) is
+refused on the paths it guards: such a body would go on unexamined, prompt fields and
+credentials included.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 from .errors import InvalidContentEncoding, RequestTooLarge
 
-__all__ = ["content_coding", "decodable", "decode_body"]
+__all__ = ["content_coding", "decodable", "decode_body", "installed_decoders"]
 
 # Coding name -> zlib `wbits`: gzip container; zlib container (raw deflate tried if it fails).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -39,9 +44,19 @@ def content_coding(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return ", ".join(codings)
 
 
+def installed_decoders() -> frozenset[str]:
+    """The codings beyond gzip and deflate whose decoder is installed (`br`, `zstd`)."""
+    found = (("br", "brotli"), ("zstd", "zstandard"))
+    return frozenset(c for c, module in found if importlib.util.find_spec(module) is not None)
+
+
+_OPTIONAL = installed_decoders()
+
+
 def decodable(coding: str) -> bool:
-    """Whether `decode_body` undoes `coding` (one of gzip, x-gzip, deflate; or none)."""
-    return not coding or coding in _WBITS
+    """Whether `decode_body` undoes `coding` (gzip, x-gzip, deflate, br and zstd where their
+    decoder is installed; or none)."""
+    return not coding or coding in _WBITS or coding in _OPTIONAL
 
 
 def decode_body(body: bytes, coding: str, limit: int) -> bytes:
@@ -52,6 +67,10 @@ def decode_body(body: bytes, coding: str, limit: int) -> bytes:
     """
     if not coding or not body:
         return body
+    if coding == "br":
+        return _unbrotli(body, limit)
+    if coding == "zstd":
+        return _unzstd(body, limit)
     wbits = _WBITS[coding]
     if coding == "deflate":
         try:
@@ -107,6 +126,56 @@ def _inflate(data: bytes, wbits: int, limit: int, coding: str) -> bytes:
         if coding == "deflate":
             raise _corrupt(coding)
         inflater = None
+
+
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    brotli: Any = importlib.import_module("brotli")
+    decoder = brotli.Decompressor()
+    out: list[bytes] = []
+    size = 0
+    pending = data
+    try:
+        while True:
+            chunk = decoder.process(pending, output_buffer_limit=limit + 1 - size)
+            pending = b""
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            out.append(chunk)
+            if decoder.is_finished():
+                return b"".join(out)
+            if decoder.can_accept_more_data():  # all input used, the stream has not ended
+                raise _corrupt("br")
+    except brotli.error:
+        raise _corrupt("br") from None
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    zstandard: Any = importlib.import_module("zstandard")
+    out: list[bytes] = []
+    size = 0
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+        while chunk := reader.read(limit + 1 - size):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            out.append(chunk)
+        # The reader ends quietly inside a truncated frame: each frame must be complete.
+        rest = data
+        while rest:
+            frame = zstandard.ZstdDecompressor().decompressobj()
+            frame.decompress(rest)
+            if not frame.eof:
+                raise _corrupt("zstd")
+            rest = frame.unused_data
+    except zstandard.ZstdError:
+        raise _corrupt("zstd") from None
+    return b"".join(out)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request body is larger than the {limit}-byte limit once decompressed.")
 
 
 def _corrupt(coding: str) -> InvalidContentEncoding:

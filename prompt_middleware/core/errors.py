@@ -11,13 +11,16 @@ __all__ = [
     "InvalidPrompt",
     "InvalidPromptRequest",
     "InvalidPromptVariables",
+    "MethodNotAllowed",
     "MissingVariables",
     "PromptMiddlewareError",
     "PromptNotFound",
     "RegistryAuthError",
     "RegistryUnavailable",
     "RequestCredentialsDisabled",
+    "RequestTimeout",
     "RequestTooLarge",
+    "UnsupportedContentEncoding",
     "error_body",
 ]
 
@@ -87,6 +90,32 @@ class InvalidContentEncoding(PromptMiddlewareError):
 
     status_code = 400
     code = "invalid_content_encoding"
+    error_type = "invalid_request_error"
+
+
+class UnsupportedContentEncoding(PromptMiddlewareError):
+    """A body on a guarded path in a coding the middleware cannot read (`br`, `zstd` without
+    their decoder, stacked codings): refused rather than forwarded unexamined."""
+
+    status_code = 415
+    code = "unsupported_content_encoding"
+    error_type = "invalid_request_error"
+
+
+class MethodNotAllowed(PromptMiddlewareError):
+    """A method spelled other than in capitals (`post`) on a guarded path: HTTP methods are
+    case-sensitive, but HTTP clients behind send it upper-cased, past the middleware."""
+
+    status_code = 405
+    code = "method_not_allowed"
+    error_type = "invalid_request_error"
+
+
+class RequestTimeout(PromptMiddlewareError):
+    """The request body did not arrive within `body_timeout` seconds."""
+
+    status_code = 408
+    code = "request_timeout"
     error_type = "invalid_request_error"
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
+from ._json import unsendable
 from .errors import InvalidPrompt, InvalidPromptRequest, InvalidPromptVariables
 
 __all__ = [
@@ -29,6 +30,9 @@ __all__ = [
 PromptType = Literal["text", "chat"]
 DEFAULT_LABEL = "production"
 
+# Deeper configs are a broken registry's (a JSON schema nests a few levels, not dozens); the
+# bound also keeps the forwarded body within what the JSON writers take.
+_MAX_CONFIG_DEPTH = 64
 _OPEN = "{{"
 _CLOSE = "}}"
 # A template split at its variables: (text before, name, the variable as written) for each,
@@ -152,8 +156,7 @@ class Prompt:
             )
         else:
             raise InvalidPrompt(f"{what}: type must be 'text' or 'chat', got {self.type!r}")
-        if not isinstance(self.config, Mapping):
-            raise InvalidPrompt(f"{what}: config must be an object")
+        _check_config(what, self.config)
         for attr in ("labels", "tags"):
             value = getattr(self, attr)
             if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -323,6 +326,15 @@ def _placeholder_messages(
             compiled["content"] = fill_template(content, variables, missing)
         out.append(compiled)
     return out
+
+
+def _check_config(what: str, config: Any) -> None:
+    if not isinstance(config, Mapping):
+        raise InvalidPrompt(f"{what}: config must be an object")
+    if unsendable(dict(config), _MAX_CONFIG_DEPTH):
+        raise InvalidPrompt(
+            f"{what}: config holds NaN or Infinity, or nests deeper than {_MAX_CONFIG_DEPTH} levels"
+        )
 
 
 def _check_chat_entry(what: str, entry: Any) -> Mapping[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._json import KEY_CHAR_ESCAPE, draft_object, exact_object
+from ._json import KEY_CHAR_ESCAPE, draft_object, exact_object, is_json
 from .errors import InvalidPromptRequest, InvalidPromptVariables, RequestCredentialsDisabled
 from .prompts import PromptRef, require_text
 
@@ -48,6 +48,7 @@ CREDENTIAL_FIELDS = (
 STRIPPED_FIELDS = frozenset((*PROMPT_FIELDS, *CREDENTIAL_FIELDS))
 # Top-level fields whose value decides the rewrite; repeating one is refused.
 _READ_FIELDS = frozenset((*STRIPPED_FIELDS, "prompt"))
+_NAMES_OUR_FIELDS = re.compile(rb'"(?:prompt_|langfuse_)')
 _PART_TYPES = ("input_image", "input_file")
 # A part stands in the template as a marker no client can guess; after compiling, a message
 # whose whole content is a marker gets the part as its content (see rewrite.fill_parts).
@@ -155,6 +156,14 @@ def find_prompt_request(
             return None
     data = exact_object(body, draft, _READ_FIELDS)
     if data is None:
+        if _NAMES_OUR_FIELDS.search(body) and not is_json(body):
+            # Not JSON (or NaN, Infinity...), yet naming prompt or credential fields: forwarded
+            # unread, it would carry them upstream unexamined, and no OpenAI-compatible server
+            # takes a body that is not JSON, so refusing it costs a client nothing.
+            raise InvalidPromptRequest(
+                "The request body names prompt_* or langfuse_* fields but is not valid JSON"
+                " (NaN and Infinity are not JSON); it was not forwarded."
+            )
         return None
     request = read_prompt_request(data, model_prompts, allow_credentials=allow_credentials)
     return None if request is None else (data, request)

@@ -5,6 +5,10 @@
         _Router          the request's upstream: an alias's own, else the default
           UpstreamProxy / EchoUpstream, one per configured upstream
 
+Also served, without a client key: `GET {metrics.path}` (the Prometheus series, DESIGN §11) and
+the webhook route (signed instead). Metrics, spans and the access log are switched on per worker
+at lifespan startup (`observing.GatewayObservability`).
+
 `build_app(config)` builds it; `create_app()` is the factory uvicorn's workers import
 (`prompt_middleware.gateway.app:create_app`), reading the config path and command-line overrides
 from the `PROMPT_MIDDLEWARE_SERVE` environment variable.
@@ -20,18 +24,21 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import observability
 from .._asgi import read_body, replay, route_path, send_error, send_json
 from ..core._json import draft_object, dump_json, exact_object
 from ..core.encoding import content_coding, decodable, decode_body
 from ..core.errors import InvalidApiKey, PromptMiddlewareError, PromptNotFound
+from ..core.experiments import Experiment, check_experiments
 from ..core.references import ModelPrompt
 from ..middleware import PromptMiddleware
 from ..registries.base import PromptRegistry
@@ -40,8 +47,10 @@ from ..registries.coherence import Coherence
 from ..registries.fallback import FallbackRegistry
 from ..registries.files import FileRegistry
 from ..registries.langfuse import LangfuseRegistry
+from ._logsafe import redact_uvicorn_access_log
 from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
 from .echo import EchoUpstream
+from .observing import GatewayObservability, count_webhooks
 from .upstream import UpstreamProxy
 
 __all__ = ["SERVE_ENV", "ClientKeys", "GatewayApp", "Readiness", "build_app", "create_app"]
@@ -105,11 +114,18 @@ class ClientKeys:
 
 
 class Readiness:
-    """Whether the registry has answered once and every preloaded prompt is cached."""
+    """Whether the registry has answered once and every preloaded prompt is cached, and every
+    label an experiment may choose has a prompt version (else not ready, naming them)."""
 
-    def __init__(self, registry: PromptRegistry, preload: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        registry: PromptRegistry,
+        preload: Iterable[str] = (),
+        experiments: Mapping[str, Experiment] | None = None,
+    ) -> None:
         self.registry = registry
         self.preload = tuple(preload)
+        self.experiments = dict(experiments or {})
         self.ready = False
 
     async def run(self, *, max_delay: float = 30.0) -> None:
@@ -122,7 +138,9 @@ class Readiness:
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {getattr(exc, 'message', '') or exc}"
                 if reason != failing:
-                    logger.warning("not ready yet: %s (retrying)", reason)
+                    # A missing prompt will not come back by itself: someone has to act.
+                    level = logging.ERROR if isinstance(exc, PromptNotFound) else logging.WARNING
+                    logger.log(level, "not ready yet: %s (retrying)", reason)
                     failing = reason
             else:
                 self.ready = True
@@ -132,11 +150,13 @@ class Readiness:
             delay = min(delay * 2, max_delay)
 
     async def _check(self) -> None:
-        if not self.preload:
+        if not self.preload and not self.experiments:
             with contextlib.suppress(PromptNotFound):
                 await self.registry.get_prompt(PROBE_NAME)
         for name in self.preload:
             await self.registry.get_prompt(name)
+        if self.experiments:
+            await check_experiments(self.experiments, self.registry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +180,19 @@ class GatewayApp:
         list_models: bool = False,
         coherence: Coherence | None = None,
         webhook_path: str | None = None,
+        observe: GatewayObservability | None = None,
     ) -> None:
         self.middleware = middleware
+        self.observe = observe
+        self._metrics = observe.metrics_app if observe is not None else None
+        self._metrics_path = observe.metrics_path if observe is not None else None
         self.coherence = coherence
         # Signed instead of keyed: Langfuse sends no client key (DESIGN §10).
-        self._webhook = coherence.webhook_app if coherence is not None else None
+        self._webhook = (
+            count_webhooks(coherence.webhook_app)
+            if coherence is not None and coherence.webhook_app is not None
+            else None
+        )
         self._webhook_path = webhook_path
         self.router = router
         self.keys = keys
@@ -189,11 +217,9 @@ class GatewayApp:
         if kind == "http":
             path = route_path(scope)
             method = scope["method"]
-            if method == "GET" and path in (HEALTH_PATH, READY_PATH):
-                await self._health(path, send)
-                return
-            if self._webhook is not None and path == self._webhook_path:
-                await self._webhook(scope, receive, send)
+            unkeyed = self._unkeyed(method, path)
+            if unkeyed is not None:
+                await unkeyed(scope, receive, send)
                 return
             if self.keys is not None:
                 if not self.keys.allows(scope):
@@ -215,8 +241,19 @@ class GatewayApp:
             return
         await self.middleware(scope, receive, send)
 
-    async def _health(self, path: str, send: Send) -> None:
-        if path == HEALTH_PATH:
+    def _unkeyed(self, method: str, path: str) -> ASGIApp | None:
+        """The routes that need no client key: health, the signed webhook, metrics (which name
+        no prompt unless `metrics.prompt_labels`)."""
+        if method == "GET" and path in (HEALTH_PATH, READY_PATH):
+            return self._health
+        if self._webhook is not None and path == self._webhook_path:
+            return self._webhook
+        if self._metrics is not None and path == self._metrics_path and method in ("GET", "HEAD"):
+            return self._metrics
+        return None
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if route_path(scope) == HEALTH_PATH:
             await send_json(send, 200, {"status": "ok"})
         elif self.readiness is None or self.readiness.ready:
             await send_json(send, 200, {"status": "ready"})
@@ -244,7 +281,7 @@ class GatewayApp:
             return
         limit = self.middleware.max_body_size
         try:
-            body = await read_body(receive, limit)
+            body = await read_body(receive, limit, self.middleware.body_timeout)
             if body is None:  # the client left
                 return
             decoded = decode_body(body, coding, limit) if coding else body
@@ -294,38 +331,31 @@ class GatewayApp:
         """Lifespan passes on; once started, readiness and coherence run in the background.
 
         They are stopped, and awaited, as soon as the server asks to shut down: before the
-        middleware closes the registries they use, and before the server hears that shutdown
-        is complete (uvicorn cancels, and logs as an error, a lifespan still running then).
+        middleware closes the registries they use (the poller and the Redis subscriber use
+        them), and so before the server hears that shutdown is complete.
         """
         error: Exception | None = None
+        jobs = [job.run for job in (self.readiness, self.coherence) if job is not None]
+        background = _Background(jobs)
         async with anyio.create_task_group() as task_group:
-            background = anyio.CancelScope()
-            stopped = anyio.Event()
-            running = False
-
-            async def run_background() -> None:
-                try:
-                    with background:
-                        async with anyio.create_task_group() as tasks:
-                            if self.readiness is not None:
-                                tasks.start_soon(self.readiness.run)
-                            if self.coherence is not None:
-                                tasks.start_soon(self.coherence.run)
-                finally:
-                    stopped.set()
 
             async def started(message: Message) -> None:
-                nonlocal running
-                if message["type"] == "lifespan.startup.complete":
-                    running = True
-                    task_group.start_soon(run_background)
+                kind = message["type"]
+                if kind == "lifespan.startup.complete":
+                    if self.observe is not None:
+                        self.observe.start()
+                    background.start(task_group)
+                elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                    # Before the server may exit: it stops the event loop once told.
+                    await background.stop()
+                    if self.observe is not None:
+                        await self.observe.stop()
                 await send(message)
 
             async def receiving() -> Message:
                 message = await receive()
-                if message["type"] == "lifespan.shutdown" and running:
-                    background.cancel()
-                    await stopped.wait()
+                if message["type"] == "lifespan.shutdown":
+                    await background.stop()
                 return message
 
             try:
@@ -336,6 +366,36 @@ class GatewayApp:
                 task_group.cancel_scope.cancel()
         if error is not None:
             raise error
+
+
+class _Background:
+    """The gateway's background work (readiness, coherence), ended before the server is told
+    that shutdown is complete: uvicorn then stops the event loop, and a task still unwinding
+    would be cancelled from outside, which uvicorn logs as a lifespan error."""
+
+    def __init__(self, jobs: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        self._jobs = jobs
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._started = False
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._started = True
+        task_group.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as jobs:
+                    for job in self._jobs:
+                        jobs.start_soon(job)
+        finally:
+            self._done.set()
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        if self._started:
+            await self._done.wait()
 
 
 class _Router:
@@ -395,6 +455,8 @@ def _invalid_key() -> InvalidApiKey:
 
 def build_app(config: GatewayConfig) -> GatewayApp:
     """The gateway `config` describes. `ConfigError` for what only shows when building."""
+    # The gateway runs under uvicorn, whose access line shows the query: keep its values out.
+    redact_uvicorn_access_log()
     registry = _registry(config)
     cache: PromptRegistry = registry
     ttl = config.cache.ttl
@@ -404,6 +466,7 @@ def build_app(config: GatewayConfig) -> GatewayApp:
             ttl=ttl,
             max_size=config.cache.max_size,
             negative_ttl=config.cache.negative_ttl,
+            negative_max_size=config.cache.negative_max_size,
             max_stale=config.cache.max_stale,
             fetch_timeout=config.cache.fetch_timeout,
         )
@@ -419,15 +482,21 @@ def build_app(config: GatewayConfig) -> GatewayApp:
         if m.prompt_id is not None
     }
     rewrite = config.rewrite
+    experiments = {
+        name: Experiment(tuple(spec.labels.items()), spec.sticky)
+        for name, spec in config.experiments.items()
+    }
     middleware = PromptMiddleware(
         router,
         registry=cache,
         cache_ttl=ttl,
         max_body_size=config.server.max_body_size,
+        body_timeout=config.server.body_timeout,
         strict_variables=rewrite.strict_variables,
         client_messages=rewrite.client_messages,
         text_role=rewrite.text_role,
         model_prompts=model_prompts,
+        experiments=experiments,
     )
     keys = ClientKeys(config.auth.keys) if config.auth.keys else None
     webhook = config.webhooks.langfuse if config.webhooks is not None else None
@@ -436,10 +505,11 @@ def build_app(config: GatewayConfig) -> GatewayApp:
         router,
         aliases,
         keys=keys,
-        readiness=Readiness(middleware.registry, config.registry.preload),
+        readiness=Readiness(middleware.registry, config.registry.preload, middleware.experiments),
         list_models=bool(config.models),
         coherence=_coherence(config, middleware),
         webhook_path=webhook.path if webhook is not None else None,
+        observe=GatewayObservability(config),
     )
 
 
@@ -483,7 +553,15 @@ def _registry(config: GatewayConfig) -> PromptRegistry:
         else:
             langfuse = settings.langfuse
             assert langfuse is not None  # load_config checked there is a registry
-            primary = LangfuseRegistry(langfuse.public_key, langfuse.secret_key, langfuse.host)
+            primary = LangfuseRegistry(
+                langfuse.public_key,
+                langfuse.secret_key,
+                # base_url: the file's host wins over LANGFUSE_BASE_URL, as documented.
+                base_url=langfuse.host,
+                timeout=langfuse.timeout,
+                max_response_size=langfuse.max_response_size,
+                max_connections=langfuse.max_connections,
+            )
         if settings.fallback_files is None:
             return primary
         # Kept under the cache's fetch_timeout, so the fallback answers before the cache gives up.
@@ -520,7 +598,5 @@ def create_app() -> GatewayApp:
         message = f"{SERVE_ENV} is not set: start workers with prompt-middleware serve"
         raise RuntimeError(message) from None
     config = load_config(spec["config"], spec["overrides"])
-    logging.basicConfig(
-        level=config.server.log_level.upper(), format="%(levelname)s:     %(message)s"
-    )
+    observability.configure_logging(config.server.log_level, config.server.log_format)
     return build_app(config)

@@ -34,7 +34,8 @@ from .._asgi import json_text
 from ..core.errors import PromptMiddlewareError
 from ..core.prompts import Prompt
 from ..registries.base import PromptRegistry
-from .config import LOG_LEVELS, GatewayConfig, UpstreamConfig
+from .config import LOG_FORMATS, LOG_LEVELS, GatewayConfig, UpstreamConfig
+from .observing import describe as describe_observability
 
 __all__ = ["main"]
 
@@ -146,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="[info]",
     )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text lines, or one JSON object per line (access log fields as keys) [text]",
+    )
 
     render = commands.add_parser(
         "render",
@@ -213,6 +219,7 @@ _OVERRIDES = (
     "text_role",
     "client_messages",
     "log_level",
+    "log_format",
 )
 
 
@@ -221,8 +228,11 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise CLIError("'serve' needs uvicorn: pip install 'prompt-middleware[server]'") from None
+    from .. import observability
+    from ._stack import server_stack
     from .app import SERVE_ENV, build_app, serve_environment
-    from .config import ConfigError, inactive_settings, load_config
+    from .config import ConfigError, load_config
+    from .observing import prepare_worker_metrics
 
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     if overrides["prompts"] is not None:
@@ -231,22 +241,16 @@ def _serve(args: argparse.Namespace) -> int:
     path = str(Path(args.config).resolve()) if args.config else None
     try:
         config = load_config(path, overrides)
-        logging.basicConfig(
-            level=config.server.log_level.upper(), format="%(levelname)s:     %(message)s"
-        )
+        observability.configure_logging(config.server.log_level, config.server.log_format)
+        prepare_worker_metrics(config)  # before the app imports prometheus_client
         app = build_app(config)  # in the parent too, so workers start from a checked config
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     if path is not None:
         # One line, as the file's own name reads better than its resolved path.
         config = replace(config, source=args.config)
-    inactive = inactive_settings(config)
-    if inactive:
-        logger.warning(
-            "set but not active yet in this version (validated, then ignored): %s",
-            ", ".join(inactive),
-        )
     logger.info(describe(config))
+    logger.info("serving with %s", server_stack())
     server = config.server
     options: dict[str, Any] = {
         "host": server.host,
@@ -255,6 +259,8 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "timeout_graceful_shutdown": server.graceful_timeout,
     }
+    if server.log_format == "json":  # uvicorn's lines through our JSON handler, not its own
+        options["log_config"] = None
     # uvicorn drains, then raises the SIGTERM it caught again (Server.capture_signals) to end
     # with the signal's default action; a handler that does nothing lets `serve` exit 0 instead.
     signal.signal(signal.SIGTERM, _drained)
@@ -280,10 +286,17 @@ def describe(config: GatewayConfig) -> str:
         watched = ", reloaded on change" if registry.watch else ""
         prompts = f"files in {registry.files}{watched}"
     else:
-        from ..registries.langfuse import DEFAULT_BASE_URL
+        from ..registries.langfuse import BASE_URL_ENV, DEFAULT_BASE_URL, HOST_ENV
+        from ._target import without_userinfo
 
-        host = registry.langfuse.host if registry.langfuse else None
-        prompts = f"Langfuse at {host or os.environ.get('LANGFUSE_HOST') or DEFAULT_BASE_URL}"
+        # As LangfuseRegistry picks it; masked, though a URL with userinfo is refused there.
+        host = (
+            (registry.langfuse.host if registry.langfuse else None)
+            or os.environ.get(BASE_URL_ENV)
+            or os.environ.get(HOST_ENV)
+            or DEFAULT_BASE_URL
+        )
+        prompts = f"Langfuse at {without_userinfo(host)}"
     upstreams = [_describe_upstream(u, len(config.upstreams) > 1) for u in config.upstreams]
     label = "upstreams" if len(upstreams) > 1 else "upstream"
     parts = [
@@ -301,6 +314,7 @@ def describe(config: GatewayConfig) -> str:
         )
     else:
         parts.append("auth: none (any client that reaches it may call it)")
+    parts += describe_observability(config)
     return "; ".join(parts)
 
 

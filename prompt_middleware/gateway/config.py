@@ -5,9 +5,6 @@ and returns a frozen `GatewayConfig`; anything wrong is a `ConfigError` whose me
 naming the file, the key and what was expected. Values written `os.environ/NAME` are read from the
 environment (a LiteLLM file's `environment_variables` first); a missing or empty one is an error.
 Relative paths in a file are relative to the file's folder.
-
-Sections other parts of the gateway wire later are parsed and validated now; `NOT_YET_ACTIVE`
-lists them, and `inactive_settings` says which of them a config sets.
 """
 
 from __future__ import annotations
@@ -17,16 +14,18 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import httpx
 
+from ..middleware import DEFAULT_BODY_TIMEOUT
 from ..registries.cache import DEFAULT_MAX_STALE
+from ..registries.langfuse import DEFAULT_MAX_RESPONSE_SIZE
+from ._target import without_userinfo
 
 __all__ = [
-    "NOT_YET_ACTIVE",
     "AuthConfig",
     "CacheConfig",
     "ConfigError",
@@ -43,7 +42,6 @@ __all__ = [
     "TracingConfig",
     "UpstreamConfig",
     "WebhooksConfig",
-    "inactive_settings",
     "is_loopback",
     "load_config",
 ]
@@ -53,13 +51,7 @@ ECHO: Final = "echo"
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 DEFAULT_UPSTREAM: Final = "default"
 LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
-
-NOT_YET_ACTIVE: Final = (
-    "metrics",
-    "tracing",
-    "experiments",
-)
-"""Settings that are accepted and validated but not acted on yet: drop a name once it is wired."""
+LOG_FORMATS: Final = ("text", "json")
 
 _LITELLM_KEYS: Final = frozenset(
     {"model_list", "general_settings", "litellm_settings", "environment_variables"}
@@ -76,14 +68,33 @@ class ConfigError(Exception):
 
 # The sections
 
+_URL: Final = {"url": True}  # field metadata: a URL whose userinfo the repr masks
 
-@dataclass(frozen=True)
+
+def _masked_repr(self: Any) -> str:
+    """A dataclass repr with the userinfo (a credential) of `_URL` fields masked."""
+    shown = []
+    for f in fields(self):
+        if f.repr:
+            value = getattr(self, f.name)
+            if f.metadata.get("url") and isinstance(value, str):
+                value = without_userinfo(value)
+            shown.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
 class LangfuseSettings:
-    """Langfuse credentials and host; None: read as the Langfuse SDK does (LANGFUSE_*)."""
+    """Langfuse credentials, host and bounds; None: read as the Langfuse SDK does (LANGFUSE_*)."""
 
-    host: str | None = None
+    host: str | None = field(default=None, metadata=_URL)
     public_key: str | None = field(default=None, repr=False)
     secret_key: str | None = field(default=None, repr=False)
+    timeout: float = 5.0  # each attempt
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
+    max_connections: int = 100
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class CacheConfig:
     max_stale: float | None = DEFAULT_MAX_STALE
     negative_ttl: float = 5.0
     max_size: int = 1024
+    negative_max_size: int | None = None  # None: max_size // 8
     fetch_timeout: float | None = 10.0
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     poll_interval: float | None = None
@@ -121,13 +133,16 @@ class TimeoutConfig:
     pool: float | None = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class UpstreamConfig:
     name: str
-    base_url: str  # or "echo": the built-in upstream that answers with the request
+    # or "echo": the built-in upstream that answers with the request
+    base_url: str = field(metadata=_URL)
     api_key: str | None = field(default=None, repr=False)
     timeout: TimeoutConfig = TimeoutConfig()
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
@@ -166,16 +181,20 @@ class MetricsConfig:
     prompt_labels: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TracingConfig:
-    otlp_endpoint: str | None = None
+    otlp_endpoint: str | None = field(default=None, metadata=_URL)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    __repr__ = _masked_repr
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """A weighted label rollout of one prompt (`prompt_middleware.core.experiments`)."""
+
     labels: Mapping[str, float]
-    sticky: str | None = None
+    sticky: Literal["user", "header"] = "user"
 
 
 @dataclass(frozen=True)
@@ -185,7 +204,9 @@ class ServerConfig:
     workers: int = 1
     graceful_timeout: float = 30.0
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
     max_body_size: int = 10 * 2**20
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -207,20 +228,6 @@ class GatewayConfig:
 
     def upstream(self, name: str) -> UpstreamConfig:
         return next(u for u in self.upstreams if u.name == name)
-
-
-def inactive_settings(config: GatewayConfig) -> list[str]:
-    """The settings of `NOT_YET_ACTIVE` that `config` sets."""
-    given = {
-        "registry.fallback_files": config.registry.fallback_files is not None,
-        "cache.redis_url": config.cache.redis_url is not None,
-        "cache.poll_interval": config.cache.poll_interval is not None,
-        "webhooks": config.webhooks is not None,
-        "metrics": config.metrics is not None,
-        "tracing": config.tracing is not None,
-        "experiments": bool(config.experiments),
-    }
-    return [name for name in NOT_YET_ACTIVE if given[name]]
 
 
 def is_loopback(host: str) -> bool:
@@ -534,10 +541,20 @@ def _registry(s: _Section) -> RegistryConfig:
     langfuse = None
     if s.has("langfuse"):
         lf = s.section("langfuse")
+        host = _url(lf, "host")
+        if host is not None and httpx.URL(host).userinfo:
+            raise lf.error(
+                "host",
+                f"expected a URL without credentials (they go in public_key and secret_key), "
+                f"got {without_userinfo(host)!r}",
+            )
         langfuse = LangfuseSettings(
-            host=_url(lf, "host"),
+            host=host,
             public_key=lf.string("public_key", None, secret=True),
             secret_key=lf.string("secret_key", None, secret=True),
+            timeout=lf.number("timeout", 5.0, strict=True),
+            max_response_size=lf.integer("max_response_size", DEFAULT_MAX_RESPONSE_SIZE, 1),
+            max_connections=lf.integer("max_connections", 100, 1),
         )
         lf.done()
     else:
@@ -568,7 +585,8 @@ def _directory(s: _Section, name: str, value: str | None) -> Path | None:
 def _url(s: _Section, name: str) -> str | None:
     value = s.string(name, None)
     if value is not None and _bad_url(value):
-        raise s.error(name, f"expected an absolute http(s) URL, got {value!r}")
+        shown = without_userinfo(value)
+        raise s.error(name, f"expected an absolute http(s) URL, got {shown!r}")
     return value
 
 
@@ -586,6 +604,7 @@ def _cache(s: _Section) -> CacheConfig:
         max_stale=s.number("max_stale", DEFAULT_MAX_STALE),
         negative_ttl=s.number("negative_ttl", 5.0),
         max_size=s.integer("max_size", 1024, 1),
+        negative_max_size=s.integer("negative_max_size", 0, 1) or None,
         fetch_timeout=s.number("fetch_timeout", 10.0, strict=True),
         redis_url=s.string("redis_url", None, secret=True),
         poll_interval=s.number("poll_interval", None, strict=True),
@@ -616,7 +635,8 @@ def _upstream(s: _Section, name: str) -> UpstreamConfig:
     if not base_url:
         raise s.error("base_url", "expected the upstream's base URL (or echo)")
     if base_url != ECHO and _bad_url(base_url):
-        raise s.error("base_url", f"expected an absolute http(s) URL or echo, got {base_url!r}")
+        shown = without_userinfo(base_url)
+        raise s.error("base_url", f"expected an absolute http(s) URL or echo, got {shown!r}")
     config = UpstreamConfig(
         name=name,
         base_url=base_url,
@@ -720,9 +740,9 @@ def _experiments(s: _Section) -> dict[str, ExperimentConfig]:
         weights = {label: labels.number(label, 0.0) for label in labels.names()}
         if not weights or sum(weights.values()) <= 0:
             raise e.error("labels", "expected labels with weights adding up to more than 0")
-        sticky = e.choice("sticky", ("user",), "user") if e.has("sticky") else None
+        sticky = e.choice("sticky", ("user", "header"), "user")
         e.done()
-        out[name] = ExperimentConfig(weights, sticky)
+        out[name] = ExperimentConfig(weights, "header" if sticky == "header" else "user")
     return out
 
 
@@ -733,7 +753,9 @@ def _server(s: _Section) -> ServerConfig:
         workers=s.integer("workers", 1, 1),
         graceful_timeout=s.number("graceful_timeout", 30.0),
         log_level=s.choice("log_level", LOG_LEVELS, "info"),
+        log_format="json" if s.choice("log_format", LOG_FORMATS, "text") == "json" else "text",
         max_body_size=s.integer("max_body_size", 10 * 2**20, 1),
+        body_timeout=s.number("body_timeout", DEFAULT_BODY_TIMEOUT, strict=True),
     )
     s.done()
     return config
@@ -910,12 +932,16 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
             raise ConfigError(f"--prompts: prompt directory {str(path)!r} does not exist")
         registry = replace(registry, files=path, langfuse=None)
     elif "langfuse" in given:
-        registry = replace(registry, files=None, langfuse=LangfuseSettings())
+        # The file's Langfuse settings, bounds included, still apply.
+        registry = replace(registry, files=None, langfuse=registry.langfuse or LangfuseSettings())
     upstreams = list(config.upstreams)
     if "upstream" in given:
         url = given["upstream"]
         if url != ECHO and _bad_url(url):
-            raise ConfigError(f"--upstream: base_url must be an absolute http(s) URL, got {url!r}")
+            shown = without_userinfo(url)
+            raise ConfigError(
+                f"--upstream: base_url must be an absolute http(s) URL, got {shown!r}"
+            )
         name = upstreams[0].name if upstreams else DEFAULT_UPSTREAM
         key = given.get("upstream_api_key") or os.environ.get("UPSTREAM_API_KEY") or None
         fresh = UpstreamConfig(name, url, key)
@@ -948,6 +974,7 @@ def _apply(config: GatewayConfig, given: Mapping[str, Any]) -> GatewayConfig:
             workers="workers",
             graceful_timeout="graceful_timeout",
             log_level="log_level",
+            log_format="log_format",
         ),
     )
 
@@ -977,8 +1004,24 @@ def _check(config: GatewayConfig) -> None:
             f"the gateway listens on {config.server.host}, so anyone who reaches it would spend "
             "that key; add auth: {keys: [...]} or say auth: {keys: [], allow_anonymous: true}"
         )
+    _check_routes(config)
     for model in config.models:
         if not any(u.name == model.upstream for u in config.upstreams):
             raise ConfigError(
                 f"{where}: models.{model.alias}.upstream: no upstream {model.upstream!r}"
             )
+
+
+def _check_routes(config: GatewayConfig) -> None:
+    """The gateway's own routes must not shadow one another."""
+    if config.metrics is None:
+        return
+    taken = {"/health": "the health check", "/health/ready": "the readiness check"}
+    webhook = config.webhooks.langfuse if config.webhooks is not None else None
+    if webhook is not None:
+        taken[webhook.path] = "webhooks.langfuse.path"
+    clash = taken.get(config.metrics.path)
+    if clash is not None:
+        raise ConfigError(
+            f"{config.source}: metrics.path: {config.metrics.path} is already {clash}'s route"
+        )

@@ -64,12 +64,15 @@ class EchoUpstream:
             await send_json(send, 200, self._models())
             return
         if method == "POST" and path.endswith(("/chat/completions", "/responses")):
+            message = "The request body must be a JSON object."
             try:
                 request = json.loads(body)
             except ValueError:
                 request = None
+            except RecursionError:  # JSON, but deeper than the json module reads
+                request = None
+                message = "The request body is nested too deeply to echo."
             if not isinstance(request, dict):
-                message = "The request body must be a JSON object."
                 error = error_body(message, "invalid_request_error", None, "invalid_json")
                 await send_json(send, 400, error)
                 return
@@ -96,11 +99,14 @@ class _Reply:
         self.request = request
         model = request.get("model")
         self.model = model if isinstance(model, str) and model else echo.model
-        self.text = json_text(
-            request,
-            indent=2 if echo.pretty else None,
-            separators=None if echo.pretty else (",", ":"),
-        )
+        try:
+            self.text = json_text(
+                request,
+                indent=2 if echo.pretty else None,
+                separators=None if echo.pretty else (",", ":"),
+            )
+        except RecursionError:  # read just within the limit, too deep to write a few frames on
+            self.text = raw.decode("utf-8", "replace")
         self.digest = hashlib.sha256(raw).hexdigest()[:24]
         self.pieces = _split(self.text, echo.chunks)
 

@@ -6,13 +6,13 @@ works on its own as a small reverse proxy on asyncio or trio.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote, unquote
 
 import anyio
@@ -22,6 +22,10 @@ from starlette.types import Message, Receive, Scope, Send
 from .. import observability
 from .._asgi import send_json
 from ..core.errors import error_body
+from ._httpx import HttpxTransport
+from ._logsafe import redact_httpx_log
+from ._target import InvalidTarget, split_credentials, upstream_url, without_userinfo
+from ._transport import Transport, TransportName, UpstreamResponse, choose
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "UpstreamProxy"]
 
@@ -51,6 +55,9 @@ _REQUEST_ONLY: Final = frozenset({b"host", b"content-length", b"expect"})
 # The ASGI server in front adds its own `date` and `server`; forwarding them would duplicate them.
 _RESPONSE_ONLY: Final = frozenset({b"date", b"server"})
 _PATH_SAFE: Final = "/:@!$&'()*+,;=~"
+_INVALID: Final = "invalid_request_error"
+_BAD_TARGET: Final = "invalid_request_target"
+_TARGETS_KEPT: Final = 256  # request targets whose upstream URL is kept, per proxy
 
 
 class _UseDefault:
@@ -77,9 +84,24 @@ class UpstreamProxy:
 
     * **URL.** The request path is joined under the base URL's path: with base
       `https://api.openai.com/v1`, `/chat/completions` goes to `/v1/chat/completions`. A path that
-      already starts with the base path (`/v1/chat/completions`, as OpenAI clients pointed at
-      `http://gateway/v1` send) is forwarded as is, not doubled. The query string is kept. When the
-      proxy is mounted under a prefix (`scope["root_path"]`), the prefix is not forwarded.
+      already is the base path or starts with it and a `/`, compared as sent (percent-encoding
+      included), is forwarded as is, not doubled: `/v1/chat/completions` (what OpenAI clients
+      pointed at `http://gateway/v1` send) goes to `/v1/chat/completions`, and `/v1/v1/x` to
+      `/v1/v1/x`, so every upstream path under the base is reachable by its own name. The query
+      string is kept. When the proxy is mounted under a prefix (`scope["root_path"]`), the prefix
+      is not forwarded.
+    * **Staying under the base path.** Nothing reaches the upstream outside its base path, which
+      is what the upstream key is scoped to: a path with a `.` or `..` segment, raw or in any
+      spelling an upstream could decode into one (`%2e%2e`, `%252e`, `..%2F`, `..\\`, `..;`),
+      is refused with a 400 `invalid_request_target`, as is a target with a fragment (`#`) or
+      with bytes a URL cannot carry. Nothing is sent upstream for them.
+    * **Credentials in the base URL.** `https://user:pass@host/v1` is sent as
+      `Authorization: Basic …` (as httpx would), unless `headers=` sets `Authorization`, which then
+      wins. The userinfo is taken out of the URL at construction, so it is in no URL httpx sees,
+      logs or puts in an error, and not in `base_url` or the `repr`.
+    * **Logs.** The proxy logs the method and path, never the query. httpx logs each request's URL
+      at INFO; the proxy adds a filter to the `httpx` logger that replaces query values with `***`
+      (a client's `?key=` stays out of the log; names stay, to show what was sent).
     * **Headers.** Forwarded as sent, `Authorization` included, minus hop-by-hop headers
       (`connection` and the headers it names, `keep-alive`, `te`, `trailer`, `transfer-encoding`,
       `upgrade`, `proxy-*`) and `host`/`content-length`/`expect`, which httpx sets for the upstream.
@@ -98,15 +120,23 @@ class UpstreamProxy:
       response, not a short one.
     * **Disconnects.** When the client goes away, the upstream response is closed at once, so a
       model stops generating (and billing) for nobody.
-    * **Client.** One `httpx.AsyncClient` per proxy, created on first use with `DEFAULT_LIMITS`, no
-      cookie storage, no redirect following, `trust_env` as given (so `HTTPS_PROXY` works for
-      egress). It is closed by `aclose()` or on ASGI lifespan shutdown; a later request opens a new
+    * **Client.** One pooled HTTP client per proxy, created on first use with `DEFAULT_LIMITS`,
+      no cookie storage, no redirect following, `trust_env` as given (so `HTTPS_PROXY` works
+      for egress). `transport="auto"` (the default) picks aiohttp when the proxy runs on
+      asyncio and aiohttp is installed (the `aiohttp` extra, part of `server`), else httpx;
+      `"httpx"` or `"aiohttp"` forces one. Both behave alike and map failures alike; aiohttp
+      costs a fraction of httpx's CPU per request under concurrency (docs/performance.md).
+      `max_connections` is enforced by the proxy itself (the pool timeout is waiting for one of
+      its slots), so a burst of cancelled requests cannot strand httpcore's pool slots. The
+      client is closed by `aclose()` or on ASGI lifespan shutdown; a later request opens a new
       one. Mounted inside another app, which may not pass lifespan on, close it from that app's
-      lifespan. A `client=` you pass is used as is (its `headers` are not applied: use
-      `headers=`) and never closed by the proxy.
+      lifespan. A `client=` you pass (an `httpx.AsyncClient`) is used as is (its `headers`,
+      limits and pool are its own: use `headers=`) and never closed by the proxy.
     * **Timeouts.** `timeout` is an `httpx.Timeout`, or a number (or None for no limit) that sets
       the read timeout and keeps `DEFAULT_TIMEOUT`'s connect/write/pool values. Left at the
-      default with your own `client=`, that client's timeout applies.
+      default with your own `client=`, that client's timeout applies. aiohttp enforces the
+      connect and read timeouts; it has no write timeout (a stalled upload is bounded by the
+      read timeout, which runs while the body is written).
     """
 
     def __init__(
@@ -118,17 +148,24 @@ class UpstreamProxy:
         headers: Mapping[str, str] | None = None,
         limits: httpx.Limits = DEFAULT_LIMITS,
         trust_env: bool = True,
+        transport: TransportName = "auto",
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base_url must be an absolute http(s) URL, got {str(base_url)!r}")
+            shown = without_userinfo(str(base_url))
+            raise ValueError(f"base_url must be an absolute http(s) URL, got {shown!r}")
         if url.query or url.fragment:
             raise ValueError("base_url must not have a query string or fragment")
+        url, basic = split_credentials(url, headers)
         self._base_url = url
-        self._base_path = url.path.rstrip("/")
         self._base_raw_path = url.raw_path.decode("ascii").rstrip("/")
+        if transport not in ("auto", "httpx", "aiohttp"):
+            raise ValueError(f"transport must be auto, httpx or aiohttp, got {transport!r}")
+        if client is not None and transport == "aiohttp":
+            raise ValueError("client= is an httpx.AsyncClient: it needs transport='httpx'")
         self._client = client
-        self._owns_client = client is None
+        self._transport: Transport | None = None
+        self._transport_name: TransportName = transport
         self._limits = limits
         self._trust_env = trust_env
         if isinstance(timeout, _UseDefault):
@@ -142,21 +179,24 @@ class UpstreamProxy:
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in (headers or {}).items()
         ]
+        if basic is not None:
+            self._extra_headers.append(basic)
         self._extra_names = frozenset(name for name, _ in self._extra_headers)
+        self._targets: dict[tuple[Any, ...], httpx.URL] = {}
+        redact_httpx_log()
 
     @property
     def base_url(self) -> httpx.URL:
         return self._base_url
 
     def __repr__(self) -> str:
-        # Userinfo in a base URL is a credential; keep it out of reprs and logs.
-        return f"UpstreamProxy({str(self._base_url.copy_with(username=None, password=None))!r})"
+        return f"UpstreamProxy({str(self._base_url)!r})"
 
     async def aclose(self) -> None:
         """Close the proxy's own client (not one passed as `client=`)."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
 
     async def __aenter__(self) -> UpstreamProxy:
         return self
@@ -171,7 +211,12 @@ class UpstreamProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._proxy(scope, receive, send)
+            try:
+                url = self._cached_target(scope)
+            except InvalidTarget as exc:
+                await send_json(send, 400, error_body(str(exc), _INVALID, None, _BAD_TARGET))
+                return
+            await self._proxy(scope, receive, send, url)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "websocket":
@@ -188,18 +233,44 @@ class UpstreamProxy:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self._timeout,
-                limits=self._limits,
-                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-                follow_redirects=False,
-                trust_env=self._trust_env,
-            )
-        return self._client
+    def _cached_target(self, scope: Scope) -> httpx.URL:
+        # Building an httpx.URL parses and validates it again (~30 µs, a tenth of a proxied
+        # request's CPU); a gateway sends nearly every request to the same few targets.
+        key = (
+            scope["path"],
+            scope.get("raw_path"),
+            scope.get("root_path", ""),
+            scope.get("query_string", b""),
+        )
+        target = self._targets.get(key)
+        if target is None:
+            target = self._target_url(scope)
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[key] = target
+        return target
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _get_transport(self) -> Transport:
+        transport = self._transport
+        if transport is None or not transport.usable():
+            if transport is not None:
+                # An aiohttp session belongs to the event loop that made it; this one is gone
+                # or another backend runs now. Its connections went with its loop.
+                logger.debug("upstream client of another event loop dropped")
+            if self._client is not None:
+                transport = HttpxTransport(self._client, self._extensions)
+            else:
+                transport = choose(
+                    self._transport_name,
+                    timeout=self._timeout,
+                    limits=self._limits,
+                    trust_env=self._trust_env,
+                    extensions=self._extensions,
+                )
+            self._transport = transport
+        return transport
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, url: httpx.URL) -> None:
         first = await receive()
         if first["type"] == "http.disconnect":
             return
@@ -218,52 +289,63 @@ class UpstreamProxy:
             call = observability.active.upstream(self, scope, _bytes_or_none(content))
             content = content if call.body is None else call.body
             call.prepare(headers)
-        request = httpx.Request(
-            scope["method"],
-            self._target_url(scope),
-            headers=headers,
-            content=content,
-            extensions=self._extensions,
-        )
+        request = _Request(scope["method"], url, headers, content)
         exchange = _Exchange(send, call)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_disconnect, receive, body_read, exchange, tg.cancel_scope)
-            try:
-                await self._forward(request, exchange, body_read)
-            except Exception as exc:  # raised below, not as an ExceptionGroup
-                exchange.broken = exc
-            exchange.finished = True
-            tg.cancel_scope.cancel()
+        transport = self._get_transport()
+        forward = self._forward(transport, request, exchange, body_read)
+        if transport.asyncio_only:
+            await _run_on_asyncio(forward, receive, body_read, exchange)
+        else:
+            async with anyio.create_task_group() as tg:
+                cancel = tg.cancel_scope.cancel
+                tg.start_soon(_watch_disconnect, receive, body_read, exchange, cancel)
+                try:
+                    await forward
+                except Exception as exc:  # raised below, not as an ExceptionGroup
+                    exchange.broken = exc
+                exchange.finished = True
+                tg.cancel_scope.cancel()
         if call is not None:
             call.end(exchange.error or exchange.broken)
         if exchange.disconnected:
-            logger.info(
-                "client disconnected, upstream %s %s closed", request.method, _path(request)
-            )
+            logger.info("client disconnected, upstream %s %s closed", request.method, request.path)
         if exchange.broken is not None:
             # Raising makes the ASGI server abort the connection: the only way to tell an HTTP
             # client that a body already under way is incomplete.
             raise exchange.broken
 
     async def _forward(
-        self, request: httpx.Request, exchange: _Exchange, body_read: anyio.Event
+        self,
+        transport: Transport,
+        request: _Request,
+        exchange: _Exchange,
+        body_read: anyio.Event,
     ) -> None:
-        response: httpx.Response | None = None
+        response: UpstreamResponse | None = None
+        complete = False
         try:
             try:
-                response = await self._get_client().send(request, stream=True)
+                response = await transport.send(
+                    request.method, request.url, request.headers, request.content
+                )
             except httpx.TransportError as exc:
+                content = request.content
+                if isinstance(content, _RequestBody) and content.client_gone:
+                    # aiohttp reports the body that stopped coming as its own failure.
+                    raise _ClientGone from exc
                 exchange.error = exc
                 _log_failure(request, exc, started=False)
                 await exchange.send_error(_failure(exc))
                 return
-            # Whatever httpx did not read of the body is no longer wanted; from here on any
-            # `receive()` belongs to the disconnect watcher.
+            # Whatever the client did not send of the body is no longer wanted; from here on
+            # any `receive()` belongs to the disconnect watcher.
             body_read.set()
-            logger.debug("%s %s -> %d", request.method, _path(request), response.status_code)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s %s -> %d", request.method, request.path, response.status)
             await exchange.start(response)
             try:
                 await exchange.pump(response)
+                complete = True
             except httpx.TransportError as exc:
                 exchange.error = exc
                 _log_failure(request, exc, started=True)
@@ -272,19 +354,18 @@ class UpstreamProxy:
             exchange.disconnected = True
         finally:
             if response is not None:
-                with anyio.CancelScope(shield=True):
-                    await response.aclose()
+                if transport.asyncio_only:
+                    # aiohttp gives the connection back without awaiting: nothing to shield.
+                    await response.aclose(complete=complete)
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose(complete=complete)
 
     def _target_url(self, scope: Scope) -> httpx.URL:
-        route_path, raw_path = _route_paths(scope)
-        base = self._base_path
-        if base and route_path != base and not route_path.startswith(base + "/"):
-            raw_path = self._base_raw_path + raw_path
-        raw = (raw_path or "/").encode("ascii")
+        """The URL to forward to (rules in `_target`); `InvalidTarget` if it must not be sent."""
+        _, raw_path = _route_paths(scope)
         query: bytes = scope.get("query_string", b"")
-        if query:
-            raw += b"?" + query
-        return self._base_url.copy_with(raw_path=raw)
+        return upstream_url(self._base_url, self._base_raw_path, raw_path, query)
 
     def _request_headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         """The headers to forward, and the client's `content-length` if it sent one."""
@@ -303,13 +384,26 @@ class UpstreamProxy:
         return out, content_length
 
 
+@dataclass(slots=True)
+class _Request:
+    method: str
+    url: httpx.URL
+    headers: list[tuple[bytes, bytes]]
+    content: bytes | _RequestBody
+
+    @property
+    def path(self) -> str:
+        return self.url.path
+
+
 class _RequestBody:
-    """The client's request body, read from `receive()` while httpx sends it on."""
+    """The client's request body, read from `receive()` while the transport sends it on."""
 
     def __init__(self, first: bytes, receive: Receive, done: anyio.Event) -> None:
         self._pending: bytes | None = first
         self._receive = receive
         self._done = done
+        self.client_gone = False
 
     def __aiter__(self) -> _RequestBody:
         return self
@@ -321,6 +415,7 @@ class _RequestBody:
         while not self._done.is_set():
             message = await self._receive()
             if message["type"] == "http.disconnect":
+                self.client_gone = True
                 raise _ClientGone
             if not message.get("more_body", False):
                 self._done.set()
@@ -354,8 +449,8 @@ class _Exchange:
         retry = [(b"retry-after", b"1")] if failure.status == 503 else []
         await send_json(self.send, failure.status, body, retry)
 
-    async def start(self, response: httpx.Response) -> None:
-        raw = response.headers.raw
+    async def start(self, response: UpstreamResponse) -> None:
+        raw = response.raw_headers
         dropped = _connection_tokens(raw)
         headers = []
         for name, value in raw:
@@ -367,13 +462,13 @@ class _Exchange:
         content_type = response.headers.get("content-type", "").lower()
         self._sse = content_type.startswith("text/event-stream") and encoding == "identity"
         if self.call is not None:
-            self.call.response_start(response.status_code, response.headers)
+            self.call.response_start(response.status, response.headers)
         await self.send(
-            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            {"type": "http.response.start", "status": response.status, "headers": headers}
         )
 
-    async def pump(self, response: httpx.Response) -> None:
-        async for raw in _raw_chunks(response):
+    async def pump(self, response: UpstreamResponse) -> None:
+        async for raw in response.chunks():
             chunk = self._complete_events(raw) if self._sse else raw
             if self.call is not None:
                 chunk = self.call.chunk(chunk)
@@ -402,7 +497,7 @@ class _Exchange:
 
 
 async def _watch_disconnect(
-    receive: Receive, body_read: anyio.Event, exchange: _Exchange, scope: anyio.CancelScope
+    receive: Receive, body_read: anyio.Event, exchange: _Exchange, cancel: Callable[[], object]
 ) -> None:
     """Cancel the exchange as soon as the client disconnects."""
     await body_read.wait()
@@ -411,21 +506,48 @@ async def _watch_disconnect(
         if message["type"] == "http.disconnect":
             if not exchange.finished:
                 exchange.disconnected = True
-                scope.cancel()
+                cancel()
             return
+
+
+async def _run_on_asyncio(
+    forward: Coroutine[Any, Any, None],
+    receive: Receive,
+    body_read: anyio.Event,
+    exchange: _Exchange,
+) -> None:
+    """Run `forward` while watching for a disconnect, with asyncio's own tasks.
+
+    What the anyio task group in `_proxy` does, for a transport that runs on asyncio only: an
+    anyio task group and cancel scope cost ~55 µs per request (a tenth of the whole request), two
+    plain tasks ~5 µs. The exchange runs in a task of its own so that the watcher can cancel it
+    alone, never the task serving the request.
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(forward)
+    watcher = loop.create_task(_watch_disconnect(receive, body_read, exchange, task.cancel))
+    try:
+        await task
+    except asyncio.CancelledError:
+        # Ours when the watcher cancelled the exchange; anyone else's goes on.
+        if not (exchange.disconnected and task.cancelled()) or _cancelling():
+            raise
+    except Exception as exc:
+        exchange.broken = exc
+    finally:
+        exchange.finished = True
+        watcher.cancel()
+
+
+def _cancelling() -> bool:
+    """Whether the running task was asked to cancel (not knowable before Python 3.11)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() > 0
 
 
 def _bytes_or_none(content: bytes | _RequestBody) -> bytes | None:
     return content if isinstance(content, bytes) else None
-
-
-def _raw_chunks(response: httpx.Response) -> AsyncIterable[bytes]:
-    """The response body as it comes off the wire, undecoded."""
-    if response.is_stream_consumed and isinstance(response.stream, httpx.AsyncByteStream):
-        # Built from bytes (httpx.MockTransport, respx) and so read on creation; the raw bytes
-        # are still in its stream.
-        return response.stream
-    return response.aiter_raw()
 
 
 def _events_end(data: bytes) -> int:
@@ -447,21 +569,17 @@ def _failure(exc: httpx.TransportError) -> _Failure:
     return _Failure(502, "upstream_unavailable", f"The upstream server failed ({name}).")
 
 
-def _log_failure(request: httpx.Request, exc: httpx.TransportError, *, started: bool) -> None:
+def _log_failure(request: _Request, exc: httpx.TransportError, *, started: bool) -> None:
     # The class name, because str(ReadTimeout()) and friends are often empty.
     when = "after the response started" if started else "before a response"
     logger.warning(
         "upstream %s %s failed %s: %s %s",
         request.method,
-        _path(request),
+        request.path,
         when,
         type(exc).__name__,
         exc,
     )
-
-
-def _path(request: httpx.Request) -> str:
-    return request.url.path
 
 
 def _as_timeout(timeout: httpx.Timeout | float | None) -> httpx.Timeout:

@@ -379,14 +379,21 @@ class Observer:
             if started is not None:
                 span, token = started
 
-        async def observed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
+        if self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
+            # Only the access line reads the status: no wrapper (one more await per message)
+            # when there is none.
+            inner = send
+
+            async def observed_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    record.status = message["status"]
+                await inner(message)
+
+            send = observed_send
 
         reset = _request.set(record)
         try:
-            await handle(scope, receive, observed_send)
+            await handle(scope, receive, send)
         except BaseException as exc:
             record.error = record.error or exc
             raise
@@ -404,7 +411,6 @@ class Observer:
             outcome = error.code if isinstance(error, PromptMiddlewareError) else "error"
         else:
             outcome = "rewritten" if prompt is not None else "passed"
-        identity = None if prompt is None else (prompt.name, prompt.version, label)
         metrics = self.metrics
         if metrics is not None:
             endpoint = _endpoint(scope["path"])
@@ -413,8 +419,9 @@ class Observer:
                 values: tuple[str, ...] = (endpoint, outcome, name, version, label or "")
             else:
                 values = (endpoint, outcome)
-            metrics.child(metrics.rewrites, *values).inc()
+            metrics.rewrite(values).inc()
         if span is not None and self.tracing is not None:
+            identity = None if prompt is None else (prompt.name, prompt.version, label)
             self.tracing.end_request(
                 span, token, prompt=identity, outcome=outcome, cache=record.cache, error=error
             )
@@ -438,7 +445,7 @@ class Observer:
     def cache_lookup(self, result: str) -> None:
         """One prompt cache lookup: hit, stale, miss or negative_hit."""
         if self.metrics is not None:
-            self.metrics.child(self.metrics.cache_lookups, result).inc()
+            self.metrics.lookup(result).inc()
         record = _request.get()
         if record is not None:
             record.cache = result
@@ -507,7 +514,7 @@ class UpstreamCall:
         path: str = scope["path"]
         operation = next((op for suffix, op in _OPERATIONS if path.endswith(suffix)), None)
         span = tracing.start_upstream(operation)
-        if not span.is_recording():  # no SDK, or sampled out: no need to read or ask anything
+        if span is None or not span.is_recording():  # no SDK, or sampled out: nothing to do
             return
         self.span = span
         if body is not None and operation is not None:
@@ -582,7 +589,7 @@ class UpstreamCall:
             if metrics.prompt_labels:
                 name, version, label = ("", "", "") if self._prompt is None else self._prompt
                 values = (*values, name, str(version), label or "")
-            metrics.child(metrics.upstream_duration, *values).observe(seconds)
+            metrics.upstream(values).observe(seconds)
         record = _request.get()
         if record is not None:
             record.upstream_seconds = seconds

@@ -22,6 +22,7 @@ FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # A completion can stream for minutes.
 UPSTREAM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 PROMPT_LABELS = ("prompt", "version", "label")
+LOOKUP_RESULTS = ("hit", "stale", "miss", "negative_hit")
 
 
 class Metrics:
@@ -31,7 +32,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, *, prompt_labels: bool = False) -> None:
         self.registry = registry
         self.prompt_labels = prompt_labels
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         extra = PROMPT_LABELS if prompt_labels else ()
         self.rewrites = Counter(
             f"{PREFIX}_rewrites",
@@ -79,13 +79,33 @@ class Metrics:
             buckets=UPSTREAM_BUCKETS,
             registry=registry,
         )
+        # Children by label values, remembered: `labels()` checks, joins and locks per call.
+        # The lookup results are few and known: made now, so they show as 0 from the start.
+        self.lookup_children = {
+            result: self.cache_lookups.labels(result) for result in LOOKUP_RESULTS
+        }
+        self._rewrite_children: dict[tuple[str, ...], Any] = {}
+        self._upstream_children: dict[tuple[str, ...], Any] = {}
 
-    def child(self, metric: Any, *values: str) -> Any:
-        """`metric.labels(*values)`, remembered: prometheus_client checks and locks per call."""
-        key = (id(metric), values)
-        found = self._children.get(key)
+    def rewrite(self, values: tuple[str, ...]) -> Any:
+        """The rewrites counter for these label values."""
+        found = self._rewrite_children.get(values)
         if found is None:
-            found = self._children[key] = metric.labels(*values)
+            found = self._rewrite_children[values] = self.rewrites.labels(*values)
+        return found
+
+    def upstream(self, values: tuple[str, ...]) -> Any:
+        """The upstream duration histogram for these label values."""
+        found = self._upstream_children.get(values)
+        if found is None:
+            found = self._upstream_children[values] = self.upstream_duration.labels(*values)
+        return found
+
+    def lookup(self, result: str) -> Any:
+        """The cache lookups counter for `result`."""
+        found = self.lookup_children.get(result)
+        if found is None:
+            found = self.lookup_children[result] = self.cache_lookups.labels(result)
         return found
 
     def unregister(self) -> None:

@@ -5,7 +5,11 @@
 - An entry older than `ttl` is served at once while one background refresh runs
   (stale-while-revalidate); while the registry fails it keeps being served, for up to `max_stale`
   seconds past its expiry (stale-if-error).
-- Not-found answers are remembered for `negative_ttl`.
+- Not-found answers are remembered for `negative_ttl`, in their own smaller LRU, so unknown
+  names never push out the prompts whose stale copies ride out an outage.
+- A registry that refuses the keys (Langfuse 401/403, e.g. revoked per-request keys) is not an
+  outage: that tenant's entries are dropped at once, stale copies included, and the refusal is
+  remembered for `negative_ttl`.
 - `invalidate()` drops entries, counted by origin (`INVALIDATION_ORIGINS`); a registry call in
   flight for a dropped entry still answers its waiters but its result is not stored. Listeners
   added with `add_invalidation_listener` hear of every invalidation (the coherence package uses
@@ -35,7 +39,13 @@ import anyio.abc
 from cachetools import LRUCache
 
 from .. import observability
-from ..core.errors import InvalidPrompt, PromptMiddlewareError, PromptNotFound, RegistryUnavailable
+from ..core.errors import (
+    InvalidPrompt,
+    PromptMiddlewareError,
+    PromptNotFound,
+    RegistryAuthError,
+    RegistryUnavailable,
+)
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .base import PromptRegistry, ensure_prompt
 from .fallback import FALLBACK_SOURCE
@@ -109,7 +119,10 @@ class _Entry:
     __slots__ = ("fresh_until", "retry_at", "stale_until", "value")
 
     def __init__(
-        self, value: Prompt | PromptNotFound, fresh_until: float, stale_until: float
+        self,
+        value: Prompt | PromptNotFound | RegistryAuthError,
+        fresh_until: float,
+        stale_until: float,
     ) -> None:
         self.value = value
         self.fresh_until = fresh_until
@@ -152,9 +165,11 @@ class CachedRegistry:
     Args:
         registry: the registry to cache (public as `.registry`).
         ttl: seconds an entry is fresh; after that it is served stale while it is refreshed.
-        max_size: most entries held (prompts and not-founds); least recently used go first.
-        negative_ttl: seconds a not-found answer is remembered, and the pause before retrying a
-            failed background refresh. 0 disables both.
+        max_size: most prompts held; least recently used go first.
+        negative_ttl: seconds a not-found answer (or a refusal of the keys) is remembered, and
+            the pause before retrying a failed background refresh. 0 disables both.
+        negative_max_size: most not-found answers and refusals remembered, in their own LRU so
+            that unknown names never evict prompts (default: `max_size // 8`, at least 1).
         max_stale: seconds past `ttl` an entry may still be served (default 24 h); after that
             a request waits for the registry like a miss. None: no limit.
         fetch_timeout: seconds a registry call may take before it counts as failed. None: none.
@@ -170,12 +185,13 @@ class CachedRegistry:
         negative_ttl: float = 5.0,
         max_stale: float | None = DEFAULT_MAX_STALE,
         fetch_timeout: float | None = 10.0,
+        negative_max_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if ttl < 0 or negative_ttl < 0 or (max_stale is not None and max_stale < 0):
             raise ValueError("ttl, negative_ttl and max_stale must not be negative")
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
+        if max_size < 1 or (negative_max_size is not None and negative_max_size < 1):
+            raise ValueError("max_size and negative_max_size must be at least 1")
         if fetch_timeout is not None and fetch_timeout <= 0:
             raise ValueError("fetch_timeout must be positive or None")
         self.registry = registry
@@ -184,7 +200,10 @@ class CachedRegistry:
         self._max_stale = math.inf if max_stale is None else max_stale
         self._fetch_timeout = fetch_timeout
         self._clock = clock
-        self._entries = _LRU(max_size)
+        self._entries = _LRU(max_size)  # prompts
+        # Remembered refusals (not found, keys refused), apart: unknown names cannot evict the
+        # prompts whose stale copies ride out an outage.
+        self._negatives = _LRU(negative_max_size or max(1, max_size // 8))
         self._inflight: dict[_Key, _Flight] = {}
         self._running: set[_Flight] = set()
         self._failing: LRUCache[_Key, None] = LRUCache(max_size)  # keys in a failure streak
@@ -211,10 +230,10 @@ class CachedRegistry:
 
     async def _get(self, key: _Key, registry: PromptRegistry) -> Prompt:
         try:
-            entry = self._entries[key]
+            entry: _Entry | None = self._entries[key]
         except KeyError:
-            pass
-        else:
+            entry = self._negatives.get(key)
+        if entry is not None:
             now = self._clock()
             if now < entry.fresh_until:
                 self._hits += 1
@@ -235,11 +254,37 @@ class CachedRegistry:
         self._misses += 1
         if observability.active is not None:
             observability.active.cache_lookup("miss")
-        flight = self._inflight.get(key) or self._start_fetch(key, registry)
-        await flight.done.wait()
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._start_fetch(key, registry)
+            await self._wait_as_starter(key, flight)
+        else:
+            await flight.done.wait()
         if isinstance(flight.result, Prompt):
             return flight.result
         raise flight.result.with_traceback(flight.traceback)
+
+    async def _wait_as_starter(self, key: _Key, flight: _Flight) -> None:
+        """Wait for the call this request started, and end everyone's wait at `fetch_timeout`.
+
+        The call is cancelled at that deadline too, but a registry may defer a cancellation
+        (LangfuseRegistry does while httpx's pool hands it a connection): its waiters are then
+        answered at the deadline anyway, and the late call is left to end alone (its prompt
+        is still stored). One timer per call, not per waiter: a cancel scope costs
+        microseconds, thousands of waiters on one cold prompt would pay it each.
+        """
+        if self._fetch_timeout is None:
+            await flight.done.wait()
+            return
+        with anyio.move_on_after(self._fetch_timeout):
+            await flight.done.wait()
+        if not flight.done.is_set():
+            if self._inflight.get(key) is flight:
+                del self._inflight[key]
+            flight.settle(
+                RegistryUnavailable(f"The prompt registry timed out fetching {_ref(key)}.")
+            )
+            flight.done.set()
 
     def set_task_group(self, task_group: anyio.abc.TaskGroup | None) -> None:
         """Start registry calls in `task_group` from now on; None: in detached tasks."""
@@ -281,9 +326,10 @@ class CachedRegistry:
 
         dropped = 0
         observability.record_invalidation(origin)
-        for key in [k for k in self._entries if matches(k)]:
-            del self._entries[key]
-            dropped += 1
+        for entries in (self._entries, self._negatives):
+            for key in [k for k in entries if matches(k)]:
+                del entries[key]
+                dropped += 1
         for key in [k for k in self._inflight if matches(k)]:
             self._inflight.pop(key).discarded = True
             dropped += 1
@@ -319,8 +365,8 @@ class CachedRegistry:
             fetches=self._fetches,
             fetch_errors=self._fetch_errors,
             not_found=self._not_found,
-            evictions=self._entries.evictions,
-            entries=len(self._entries),
+            evictions=self._entries.evictions + self._negatives.evictions,
+            entries=len(self._entries) + len(self._negatives),
             invalidations=dict(self._invalidations),
             invalidated=self._invalidated,
         )
@@ -362,6 +408,9 @@ class CachedRegistry:
                 except PromptNotFound as exc:
                     self._not_found += 1
                     self._store_not_found(key, flight, exc)
+                except RegistryAuthError as exc:
+                    self._fetch_errors += 1
+                    self._store_auth_failure(key, flight, exc)
                 except Exception as exc:
                     self._fetch_errors += 1
                     self._record_failure(key, flight, exc)
@@ -390,6 +439,7 @@ class CachedRegistry:
         self._end_streak(key)
         if not flight.discarded:
             expires = self._clock() + self._ttl
+            self._negatives.pop(key, None)
             self._entries[key] = _Entry(prompt, expires, expires + self._max_stale)
 
     def _store_fallback(self, key: _Key, flight: _Flight, prompt: Prompt) -> None:
@@ -410,6 +460,7 @@ class CachedRegistry:
         flight.settle(prompt)
         if not flight.discarded:
             expires = now + min(self._ttl, self._negative_ttl)
+            self._negatives.pop(key, None)
             self._entries[key] = _Entry(prompt, expires, expires + self._max_stale)
 
     def _store_not_found(self, key: _Key, flight: _Flight, exc: PromptNotFound) -> None:
@@ -420,9 +471,34 @@ class CachedRegistry:
         old = self._entries.pop(key, None)
         if old is not None and isinstance(old.value, Prompt):
             logger.info("Dropped %s from the cache: the registry no longer has it", _ref(key))
+        self._remember_refusal(key, exc)
+
+    def _store_auth_failure(self, key: _Key, flight: _Flight, exc: RegistryAuthError) -> None:
+        """The registry refused the tenant's keys (revoked, say): not an outage to ride out
+        with stale copies. Every entry of that tenant goes, and the refusal is remembered for
+        `negative_ttl` so a revoked key cannot hammer the registry either."""
+        flight.settle(exc)
+        tenant = key[0]
+        dropped = 0
+        for entries in (self._entries, self._negatives):
+            for k in [k for k in entries if k[0] == tenant]:
+                if not isinstance(entries[k].value, RegistryAuthError):
+                    del entries[k]
+                    dropped += 1
+        logger.warning(
+            "The prompt registry refused the credentials for %s (%s): dropped %d cached"
+            " entries of that tenant",
+            _ref(key),
+            exc.message,
+            dropped,
+        )
+        if not flight.discarded:
+            self._remember_refusal(key, exc)
+
+    def _remember_refusal(self, key: _Key, exc: PromptNotFound | RegistryAuthError) -> None:
         if self._negative_ttl > 0:
             expires = self._clock() + self._negative_ttl
-            self._entries[key] = _Entry(exc, expires, expires)
+            self._negatives[key] = _Entry(exc, expires, expires)
 
     def _record_failure(self, key: _Key, flight: _Flight, exc: Exception) -> None:
         ref = _ref(key)

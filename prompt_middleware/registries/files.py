@@ -8,7 +8,6 @@ the cache which prompts changed on disk as soon as they do (the `watch` extra: `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from ..core._json import load_document
 from ..core.errors import InvalidPrompt
 from ..core.prompts import DEFAULT_LABEL, Prompt, PromptRef
 from .dotprompt import DOTPROMPT_SUFFIX, load_dotprompt_family
@@ -133,7 +133,8 @@ class FileRegistry:
         if path.suffix == DOTPROMPT_SUFFIX:  # with its variants: see registries/dotprompt.py
             return load_dotprompt_family(name, path, self.directory)
         try:
-            raw = path.read_text(encoding="utf-8")
+            # utf-8-sig: editors on Windows start files with a BOM, which is not the prompt's.
+            raw = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             reason = type(exc).__name__
             raise InvalidPrompt(f"prompt {name!r}: cannot read its file ({reason})") from None
@@ -198,7 +199,7 @@ def _versions(name: str, suffix: str, raw: str) -> PromptVersions:
 def _parse_structured(name: str, suffix: str, raw: str) -> Any:
     if suffix == ".json":
         try:
-            return json.loads(raw)
+            return load_document(raw)
         except ValueError as exc:
             raise InvalidPrompt(f"prompt {name!r}: invalid JSON ({exc})") from None
     try:
@@ -211,6 +212,8 @@ def _parse_structured(name: str, suffix: str, raw: str) -> Any:
         return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise InvalidPrompt(f"prompt {name!r}: invalid YAML ({type(exc).__name__})") from None
+    except RecursionError:
+        raise InvalidPrompt(f"prompt {name!r}: invalid YAML (nested too deeply)") from None
 
 
 def _entry_to_prompt(name: str, index: int, entry: Any) -> Prompt:

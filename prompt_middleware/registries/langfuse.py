@@ -20,7 +20,8 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import anyio
 import httpx
 
+from ..core._json import load_document
 from ..core.errors import (
     InvalidPrompt,
     PromptNotFound,
@@ -37,11 +39,13 @@ from ..core.errors import (
 from ..core.prompts import Prompt, PromptRef
 from ._urls import normalise_base_url
 
-__all__ = ["DEFAULT_BASE_URL", "LangfuseRegistry"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_MAX_RESPONSE_SIZE", "LangfuseRegistry"]
 
 logger = logging.getLogger("prompt_middleware.langfuse")
 
 DEFAULT_BASE_URL = "https://cloud.langfuse.com"
+DEFAULT_MAX_RESPONSE_SIZE = 5 * 2**20
+"""Bytes of one Langfuse answer read at most (decompressed); a larger one is `InvalidPrompt`."""
 PUBLIC_KEY_ENV = "LANGFUSE_PUBLIC_KEY"
 SECRET_KEY_ENV = "LANGFUSE_SECRET_KEY"
 BASE_URL_ENV = "LANGFUSE_BASE_URL"
@@ -49,6 +53,7 @@ HOST_ENV = "LANGFUSE_HOST"
 
 _PROMPTS_PATH = "/api/public/v2/prompts/"
 _USER_AGENT = "prompt-middleware"
+_KEEPALIVE = 20
 _REQUIRED_FIELDS = ("name", "version", "type", "prompt")
 # Letters only: an error class name is shown, anything that could be an echoed key is not.
 _ERROR_CLASS = re.compile(r"[A-Z][A-Za-z]{2,63}")
@@ -81,8 +86,16 @@ class LangfuseRegistry:
     `secret_key` or `LANGFUSE_PUBLIC_KEY` / `LANGFUSE_SECRET_KEY`; the base URL from `base_url`,
     `LANGFUSE_BASE_URL`, `host`, `LANGFUSE_HOST`, else Langfuse Cloud (EU).
 
-    `timeout` bounds each attempt as a whole. Timeouts, connection errors, 408, 429 and 5xx are
-    retried up to `max_retries` times with capped exponential backoff and jitter
+    `timeout` bounds each attempt as a whole: httpx enforces it on each phase (a pooled
+    connection, connecting, sending, every read), and an attempt still running `timeout` seconds
+    after it began is abandoned, though never while httpx's pool is handing it a connection (a
+    request cancelled there leaks that connection slot, encode/httpcore#1093), so the bound is
+    met once the pool has answered. An answer larger than `max_response_size` bytes
+    (decompressed, 5 MB by default) is refused as a malformed prompt while it is read, so a
+    hostile registry costs at most that much memory. At most `max_connections` requests are in
+    flight on the client at once (the pool size of the client it creates; with a `client` of
+    your own, no more than its pool holds). Timeouts, connection errors, 408, 429 and
+    5xx are retried up to `max_retries` times with capped exponential backoff and jitter
     (`retry_base_delay * 2**n`, at most `retry_max_delay`); a `Retry-After` header replaces the
     backoff, capped at `retry_max_delay`. 404, 401 and 403 are never retried.
 
@@ -103,6 +116,8 @@ class LangfuseRegistry:
         retry_base_delay: float = 0.25,
         retry_max_delay: float = 2.0,
         trust_env: bool = True,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_connections: int = 100,
     ) -> None:
         public_key = public_key or os.environ.get(PUBLIC_KEY_ENV)
         secret_key = secret_key or os.environ.get(SECRET_KEY_ENV)
@@ -122,6 +137,18 @@ class LangfuseRegistry:
             raise ValueError("max_retries must be a non-negative integer")
         if retry_base_delay < 0 or retry_max_delay < 0:
             raise ValueError("retry delays must not be negative")
+        if (
+            isinstance(max_response_size, bool)
+            or not isinstance(max_response_size, int)
+            or max_response_size < 1
+        ):
+            raise ValueError("max_response_size must be a positive integer")
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ValueError("max_connections must be a positive integer")
 
         self._base_url = normalise_base_url(
             base_url
@@ -137,8 +164,11 @@ class LangfuseRegistry:
         self._retry_base_delay = retry_base_delay
         self._retry_max_delay = retry_max_delay
         self._trust_env = trust_env
+        self._max_response_size = max_response_size
+        self._max_connections = max_connections
         self._client = client
         self._own_client: httpx.AsyncClient | None = None
+        self._slots: anyio.Semaphore | None = None
         # Set on registries made by `with_credentials`: they use this one's client.
         self._parent: LangfuseRegistry | None = None
 
@@ -176,7 +206,7 @@ class LangfuseRegistry:
         response = await self._send(request, ref)
         status = response.status_code
         if 200 <= status < 300:
-            return _prompt_from_response(response, ref)
+            return _prompt_from_response_data(_document(response, ref), ref)
         if status == 404:
             raise PromptNotFound(f"Prompt {ref} not found in Langfuse.", param="prompt_id")
         if status in (401, 403):
@@ -208,14 +238,17 @@ class LangfuseRegistry:
             extensions={"timeout": httpx.Timeout(self._timeout).as_dict()},
         )
 
-    async def _send(self, request: httpx.Request, ref: PromptRef) -> httpx.Response:
+    async def _send(self, request: httpx.Request, ref: PromptRef) -> _Answer:
         client = self._http()
         attempt = 0
         while True:
             retry_after: float | None = None
             try:
-                with anyio.fail_after(self._timeout):
-                    response = await client.send(request, auth=None, follow_redirects=False)
+                response = await self._attempt(client, request)
+            except _TooLarge:
+                raise InvalidPrompt(
+                    f"Langfuse answered {ref} with more than {self._max_response_size} bytes."
+                ) from None
             except _RETRYABLE_ERRORS as exc:
                 failure = type(exc).__name__
             except httpx.HTTPError as exc:
@@ -239,6 +272,59 @@ class LangfuseRegistry:
             )
             await anyio.sleep(delay)
 
+    async def send_once(self, request: httpx.Request) -> _Answer:
+        """One attempt at `request` on this registry's client, bounded as prompt fetches are
+        (`timeout`, `max_response_size`, the client's connection slots): for other Langfuse
+        API calls sharing the client, e.g. coherence's. Raises `httpx.HTTPError` or
+        `TimeoutError`; the answer has `status_code`, `headers` and `json()`."""
+        return await self._attempt(self._http(), request)
+
+    async def _attempt(self, client: httpx.AsyncClient, request: httpx.Request) -> _Answer:
+        """One request and its whole answer, read within `max_response_size` and `timeout`."""
+        with anyio.fail_after(self._timeout):
+            # httpx's pool must never queue: a request cancelled, or timed out by httpcore
+            # itself, just as the pool hands it a new connection leaves that slot "connecting"
+            # forever (encode/httpcore#1093, #830), and a burst of slow answers used them all
+            # up. Requests wait here instead, where giving up is clean.
+            admission = self._admission()
+            await admission.acquire()
+            try:
+                # Shielded until the connection itself reports progress (the first trace
+                # event): cancelled there, it cleans up; a deadline passed meanwhile applies.
+                # Other transports (a test's MockTransport, ASGITransport) have no pool to
+                # leak and send no trace events: not shielded.
+                with anyio.CancelScope(shield=_pooled(client)) as handoff:
+                    request.extensions["trace"] = _unshield_on_first_event(handoff)
+                    response = await client.send(
+                        request, auth=None, follow_redirects=False, stream=True
+                    )
+                try:
+                    body = await self._read_capped(response)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+            finally:
+                admission.release()
+        return _Answer(response.status_code, response.headers, body)
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The body, decompressed; `_TooLarge` past `max_response_size` without keeping more."""
+        limit = self._max_response_size
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        # Read to the end even past the limit (dropping what comes): httpx's generators left
+        # unfinished are only closed by the garbage collector, with a ResourceWarning on trio.
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+        if size > limit:
+            raise _TooLarge
+        return b"".join(chunks)
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self._retry_max_delay)
@@ -251,6 +337,14 @@ class LangfuseRegistry:
             f"Langfuse at {self._base_url} is unavailable ({failure}{tries}) fetching prompt {ref}."
         )
 
+    def _admission(self) -> anyio.Semaphore:
+        """Requests in flight on the shared client, at most as many as its pool holds."""
+        if self._parent is not None:
+            return self._parent._admission()
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self._max_connections)
+        return self._slots
+
     def _http(self) -> httpx.AsyncClient:
         if self._parent is not None:
             return self._parent._http()
@@ -259,6 +353,10 @@ class LangfuseRegistry:
         if self._own_client is None or self._own_client.is_closed:
             self._own_client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout),
+                limits=httpx.Limits(
+                    max_connections=self._max_connections,
+                    max_keepalive_connections=min(_KEEPALIVE, self._max_connections),
+                ),
                 follow_redirects=False,
                 trust_env=self._trust_env,
                 cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
@@ -280,6 +378,8 @@ class LangfuseRegistry:
             max_retries=self._max_retries,
             retry_base_delay=self._retry_base_delay,
             retry_max_delay=self._retry_max_delay,
+            max_response_size=self._max_response_size,
+            max_connections=self._max_connections,
         )
         child._parent = self
         return child
@@ -335,7 +435,7 @@ class LangfuseRegistry:
             extensions={"timeout": httpx.Timeout(self._timeout).as_dict()},
         )
 
-    def _json(self, response: httpx.Response, ref: PromptRef) -> dict[str, Any]:
+    def _json(self, response: _Answer, ref: PromptRef) -> dict[str, Any]:
         status = response.status_code
         if status == 404:
             raise PromptNotFound(f"Prompt {ref} not found in Langfuse.", param="prompt_id")
@@ -347,13 +447,7 @@ class LangfuseRegistry:
             raise RegistryUnavailable(
                 f"Langfuse at {self._base_url} answered {_describe(response)} for {ref}."
             )
-        try:
-            data: Any = response.json()
-        except ValueError:
-            raise InvalidPrompt(f"Langfuse answered {ref} with a body that is not JSON.") from None
-        if not isinstance(data, dict):
-            raise InvalidPrompt(f"Langfuse answered {ref} with JSON that is not an object.")
-        return data
+        return _document(response, ref)
 
 
 def _prompt_from_response_data(data: dict[str, Any], ref: PromptRef) -> Prompt:
@@ -363,26 +457,57 @@ def _prompt_from_response_data(data: dict[str, Any], ref: PromptRef) -> Prompt:
     return Prompt.from_langfuse(data)
 
 
-def _prompt_from_response(response: httpx.Response, ref: PromptRef) -> Prompt:
+def _document(response: _Answer, ref: PromptRef) -> dict[str, Any]:
+    """The answer's JSON object; `InvalidPrompt` for anything else, blaming Langfuse."""
     try:
-        data: Any = response.json()
-    except ValueError:
+        data: Any = load_document(response.body)
+    except ValueError as exc:
         raise InvalidPrompt(
-            f"Langfuse answered prompt {ref} with a body that is not JSON."
+            f"Langfuse answered {ref} with a body that is not JSON ({exc})"
         ) from None
     if not isinstance(data, dict):
-        raise InvalidPrompt(f"Langfuse answered prompt {ref} with JSON that is not an object.")
-    missing = [field for field in _REQUIRED_FIELDS if field not in data]
-    if missing:
-        raise InvalidPrompt(f"Langfuse answered prompt {ref} without {', '.join(missing)}.")
-    return Prompt.from_langfuse(data)
+        raise InvalidPrompt(f"Langfuse answered {ref} with JSON that is not an object.")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A Langfuse answer, read in full."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+    def json(self) -> Any:
+        return load_document(self.body)
+
+
+class _TooLarge(httpx.HTTPError):
+    """An answer past `max_response_size` (an httpx error, so `send_once` callers catch it)."""
+
+    def __init__(self) -> None:
+        super().__init__("the answer is larger than max_response_size")
+
+
+def _pooled(client: httpx.AsyncClient) -> bool:
+    """Whether `client` sends through httpx's own connection pool (httpcore)."""
+    return isinstance(getattr(client, "_transport", None), httpx.AsyncHTTPTransport)
+
+
+def _unshield_on_first_event(
+    scope: anyio.CancelScope,
+) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        scope.shield = False
+
+    return trace
 
 
 def _retryable(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
-def _describe(response: httpx.Response) -> str:
+def _describe(response: _Answer) -> str:
     """`HTTP 503` plus Langfuse's error class when the body names one (never its message)."""
     text = f"HTTP {response.status_code}"
     try:

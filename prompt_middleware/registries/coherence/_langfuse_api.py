@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import anyio
 import httpx
 
 from ...core.errors import RegistryAuthError, RegistryUnavailable
@@ -43,8 +42,8 @@ async def get_json(
         extensions={"timeout": httpx.Timeout(registry._timeout).as_dict()},
     )
     try:
-        with anyio.fail_after(registry._timeout):
-            response = await registry._http().send(request, auth=None, follow_redirects=False)
+        # Not cancelled from outside mid-pool: that leaks connection slots (encode/httpcore#1093).
+        response = await registry.send_once(request)
     except (httpx.HTTPError, TimeoutError) as exc:
         raise RegistryUnavailable(
             f"Langfuse at {registry.base_url} is unavailable ({type(exc).__name__}) for {path}."

@@ -25,7 +25,6 @@ import orjson
 from cachetools import LRUCache
 from starlette.types import Receive, Scope, Send
 
-from ... import observability
 from ..._asgi import answer_lifespan, send_json
 from ...core.errors import error_body
 
@@ -181,9 +180,8 @@ OnChange = Callable[[PromptChange], Awaitable["bool | None"]]
 class WebhookApp:
     """An ASGI app that receives Langfuse webhooks (`POST`, any path: mount it where you like).
 
-    Each answer is counted in `stats` and, with observability enabled, in
-    `prompt_middleware_webhook_requests_total{outcome}`: accepted, ignored, duplicate,
-    unauthorized (401), invalid (400, 405) or too_large (413).
+    Each answer is counted in `stats`; the gateway also counts them as metrics
+    (`prompt_middleware.gateway.observing.count_webhooks`).
 
     Args:
         secrets: the automation's signing secrets; several while one is being rotated.
@@ -237,7 +235,6 @@ class WebhookApp:
         if scope["type"] != "http":
             return  # a websocket: closing without accepting refuses it
         if scope["method"] != "POST":
-            observability.record_webhook("invalid")
             await _answer(send, 405, "Webhooks are delivered with POST.", "method_not_allowed")
             return
         header = None
@@ -257,7 +254,6 @@ class WebhookApp:
             header, body, self._secrets, tolerance=self._tolerance, now=self._clock()
         ):
             self._counts["rejected"] += 1
-            observability.record_webhook("unauthorized")
             self._log_refusal()
             await _answer(send, 401, "Invalid webhook signature.", "invalid_webhook_signature")
             return
@@ -282,14 +278,12 @@ class WebhookApp:
             change = parse_prompt_change(orjson.loads(body))
         except (orjson.JSONDecodeError, MalformedPayload) as exc:
             self._counts["malformed"] += 1
-            observability.record_webhook("invalid")
             reason = str(exc) if isinstance(exc, MalformedPayload) else "the body is not JSON"
             logger.warning("Refused a signed webhook delivery: %s", reason)
             await _answer(send, 400, f"Malformed webhook payload: {reason}.", "invalid_webhook")
             return
         if isinstance(change, str):
             self._counts["ignored"] += 1
-            observability.record_webhook("ignored")
             logger.debug("Ignored a webhook delivery of type %r", change[:100])
             await send_json(send, 200, {"status": "ignored"})
             return
@@ -303,12 +297,10 @@ class WebhookApp:
                 acted = True
         if acted is False:
             self._counts["duplicate"] += 1
-            observability.record_webhook("duplicate")
             logger.debug("Ignored a repeated webhook delivery")
             await send_json(send, 200, {"status": "duplicate"})
             return
         self._counts["accepted"] += 1
-        observability.record_webhook("accepted")
         await send_json(send, 200, {"status": "accepted"})
 
     async def _read(self, receive: Receive) -> bytes | None:
@@ -329,7 +321,6 @@ class WebhookApp:
 
     async def _too_large(self, send: Send) -> None:
         self._counts["malformed"] += 1
-        observability.record_webhook("too_large")
         limit = self._max_body_size
         message = f"Webhook body is larger than the {limit}-byte limit."
         await _answer(send, 413, message, "request_too_large")
