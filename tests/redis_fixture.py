@@ -1,14 +1,16 @@
 """A real `redis-server` on a free loopback port, for the tests that need one.
 
-Import the fixture into a test module (`from .redis_fixture import redis_server`). The server
-keeps nothing on disk. `RedisServer.stop()` / `.start()` take it away and bring it back on the
-same port, for outage tests. Tests are skipped if `redis-server` is not installed
-(`scripts/test` installs it).
+Import a fixture into a test module (`from .redis_fixture import redis_server`): `redis_server`
+is one server per test, `module_redis_server` one per test module (for modules that start
+gateway processes once). The server keeps nothing on disk. `RedisServer.stop()` / `.start()`
+take it away and bring it back on the same port, for outage tests. Tests are skipped if
+`redis-server` is not installed (`scripts/test` installs it).
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -18,7 +20,7 @@ import pytest
 
 from .servers import free_port
 
-__all__ = ["RedisServer", "redis_server"]
+__all__ = ["RedisServer", "module_redis_server", "redis_server"]
 
 
 class RedisServer:
@@ -65,16 +67,25 @@ class RedisServer:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Kill the server at once (no shutdown handshake, as a crash would)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused one too
             process.kill()
             process.wait(10)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def _serving() -> Iterator[RedisServer]:
     executable = shutil.which("redis-server")
     if executable is None:
         pytest.skip("redis-server is not installed (scripts/test installs it)")
@@ -84,3 +95,14 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    yield from _serving()
+
+
+@pytest.fixture(scope="module")
+def module_redis_server() -> Iterator[RedisServer]:
+    """One server for the whole module; a test that stops it must start it again."""
+    yield from _serving()

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 import anyio
 import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
 from prompt_middleware import PromptMiddleware
 from prompt_middleware.registries.cache import CachedRegistry
 from prompt_middleware.registries.coherence import Coherence, Poller
 from prompt_middleware.registries.langfuse import LangfuseRegistry
-from prompt_middleware.testing import CaptureApp
+from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import FakeLangfuse
 from .redis_fixture import RedisServer, redis_server
@@ -143,3 +144,29 @@ async def test_one_poller_is_elected_through_redis(
         for w in workers
     )
     assert origins == [(0, 1), (1, 0)]
+
+
+async def test_background_work_stops_before_the_app_hears_of_shutdown(
+    clean_fake: FakeLangfuse, served: tuple[FakeLangfuse, str]
+) -> None:
+    """The poller must not outlive the registry the app closes at shutdown."""
+    clean_fake.add_prompt("pk", "sk", "greet", "v1")
+    seen: list[tuple[str, bool]] = []
+
+    async with registry(served[1]) as langfuse:
+        coherence = Coherence(CachedRegistry(langfuse, ttl=600), poll_interval=0.01)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            while True:
+                message = await receive()
+                seen.append((message["type"], coherence.running))
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+
+        async with asgi_client(coherence.wrap(app)):
+            with anyio.fail_after(5):
+                while coherence.poller is not None and coherence.poller.stats.polls < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+    assert seen[-1] == ("lifespan.shutdown", False)
+    assert not coherence.running

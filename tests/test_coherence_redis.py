@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import coredis
 import httpx
 import pytest
 
@@ -106,7 +107,22 @@ async def test_duplicates_are_recognised_across_workers(redis_server: RedisServe
         await eventually(lambda: b.cache.stats.invalidations["pubsub"] == 1)
         response = await signed(b.webhook_app, payload(delivery="d1"))  # a retry, elsewhere
         assert response.json()["status"] == "duplicate"
+        # Claimed, bumped and published once, in one step: the retry changed no epoch.
+        epochs = await _epochs(redis_server.url)
+        assert epochs == {"project:project-1": "1"}
     assert b.cache.stats.invalidations["webhook"] == 0
+    assert a.stats.redis is not None
+    assert b.stats.redis is not None
+    assert (a.stats.redis.published, b.stats.redis.published) == (1, 0)
+    assert a.stats.webhook is not None
+    assert b.stats.webhook is not None
+    assert (a.stats.webhook.accepted, b.stats.webhook.duplicate) == (1, 1)
+
+
+async def _epochs(url: str) -> dict[str, str]:
+    client = coredis.Redis.from_url(url, decode_responses=True)
+    async with client:
+        return dict(await client.hgetall("prompt_middleware:epochs"))
 
 
 async def test_api_invalidations_and_the_cli_reach_everyone(redis_server: RedisServer) -> None:
@@ -280,3 +296,63 @@ async def test_the_password_is_never_logged(caplog: pytest.LogCaptureFixture) ->
         await coherence.invalidate("greet")  # queued, Redis being down
     assert "unreachable" in caplog.text
     assert "s3cret" not in caplog.text
+
+
+async def test_redis_refusing_writes_is_retried_with_backoff(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As after a failover to a replica: subscribed still, every write refused (READONLY)."""
+    a, b = worker(redis_server.url), worker(redis_server.url)
+    caplog.set_level(logging.WARNING, LOGGER)
+    admin = coredis.Redis.from_url(redis_server.url, decode_responses=True)
+    async with running(a, b), admin:
+        await eventually(lambda: up(a) and up(b))
+        await a.cache.get_prompt("greet")
+        await b.cache.get_prompt("greet")
+        await admin.replicaof("127.0.0.1", 1)  # a master that does not exist
+        try:
+            with anyio.fail_after(2):  # answered at once all the same
+                response = await signed(a.webhook_app, payload(delivery="read-only"))
+            assert response.status_code == 200
+            assert a.cache.stats.entries == 0
+            await anyio.sleep(1.0)
+            assert b.cache.stats.entries == 1  # the publish has not gone out yet
+            assert a.stats.redis is not None
+            # Backing off between attempts: a loop retrying at once made thousands a second.
+            assert a.stats.redis.errors < 50
+        finally:
+            await admin.replicaof()  # NO ONE: writable again
+        await eventually(lambda: b.cache.stats.entries == 0)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("commands fail" in w for w in warnings) == 1
+    assert sum("takes commands again" in w for w in warnings) == 1
+
+
+async def test_a_paused_redis_holds_up_nothing(redis_server: RedisServer) -> None:
+    """Redis frozen (connections open, nothing answered, as when a peer dies silently): a
+    webhook is still answered well within Langfuse's 10 s, requests are served, the subscriber
+    notices by its keepalive PING, and the invalidation arrives once Redis answers again."""
+    registry = Counting()
+    options: dict[str, Any] = {"redis_timeout": 0.2, "redis_keepalive": 1.0}
+    a = worker(redis_server.url, registry, **options)
+    b = worker(redis_server.url, registry, **options)
+    async with running(a, b):
+        await eventually(lambda: up(a) and up(b))
+        await a.cache.get_prompt("greet")
+        await b.cache.get_prompt("greet")
+        redis_server.pause()
+        try:
+            registry.version = 2
+            with anyio.fail_after(10):
+                response = await signed(a.webhook_app, payload(delivery="paused"))
+            assert response.status_code == 200
+            assert (await a.cache.get_prompt("greet")).prompt == "v2"
+            assert (await b.cache.get_prompt("greet")).prompt == "v1"  # from its own cache
+            await eventually(lambda: not up(b))  # the keepalive PING went unanswered
+        finally:
+            redis_server.resume()
+        await eventually(lambda: up(a) and up(b))
+        await eventually(lambda: b.cache.stats.entries == 0)
+        assert (await b.cache.get_prompt("greet")).prompt == "v2"
+    assert b.stats.redis is not None
+    assert b.stats.redis.outages == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -155,7 +156,10 @@ def coherent(cache: CachedRegistry, **options: Any) -> Coherence:
     return Coherence(cache, webhook_secrets=[SECRET], project_id=PROJECT, **options)
 
 
-async def test_bad_signatures_are_401_and_invalidate_nothing(cache: CachedRegistry) -> None:
+async def test_bad_signatures_are_401_and_invalidate_nothing(
+    cache: CachedRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "prompt_middleware")
     coherence = coherent(cache)
     await cache.get_prompt("greet")
     body = payload()
@@ -177,6 +181,10 @@ async def test_bad_signatures_are_401_and_invalidate_nothing(cache: CachedRegist
     assert stats.webhook is not None
     assert stats.webhook.rejected == 5
     assert stats.webhook.accepted == 0
+    # Anyone can send these: one warning, not one per request; the rest at debug level.
+    refusals = [r for r in caplog.records if "Refused a webhook delivery" in r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING] + [logging.DEBUG] * 4
+    assert SECRET not in caplog.text
 
 
 async def test_signed_prompt_version_drops_the_project_and_never_caches_the_body(

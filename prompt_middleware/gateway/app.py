@@ -328,7 +328,12 @@ class GatewayApp:
         return alias.upstream, dump_json(data)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Lifespan passes on; once started, readiness is worked out in the background."""
+        """Lifespan passes on; once started, readiness and coherence run in the background.
+
+        They are stopped, and awaited, as soon as the server asks to shut down: before the
+        middleware closes the registries they use (the poller and the Redis subscriber use
+        them), and so before the server hears that shutdown is complete.
+        """
         error: Exception | None = None
         jobs = [job.run for job in (self.readiness, self.coherence) if job is not None]
         background = _Background(jobs)
@@ -347,8 +352,14 @@ class GatewayApp:
                         await self.observe.stop()
                 await send(message)
 
+            async def receiving() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    await background.stop()
+                return message
+
             try:
-                await self.middleware(scope, receive, started)
+                await self.middleware(scope, receiving, started)
             except Exception as exc:  # re-raised as itself, not in an ExceptionGroup
                 error = exc
             finally:

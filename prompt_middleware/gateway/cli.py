@@ -498,13 +498,7 @@ def _add_invalidate_parser(commands: Any) -> None:
 
 
 def _invalidate(args: argparse.Namespace) -> int:
-    url = args.redis_url
-    if url is None:
-        from .config import load_config
-
-        url = load_config(args.config).cache.redis_url
-        if url is None:
-            raise CLIError(f"{args.config}: cache.redis_url is not set")
+    url = args.redis_url if args.redis_url is not None else _redis_url(args.config)
     try:
         from ..registries.coherence.redis import publish_invalidation
     except ImportError:
@@ -519,3 +513,25 @@ def _invalidate(args: argparse.Namespace) -> int:
     what = f"prompt {args.name!r}" if args.name else "every prompt"
     _say(f"invalidated {what} in every worker sharing that Redis")
     return 0
+
+
+def _redis_url(path: str) -> str:
+    """`cache.redis_url` of a gateway config, resolving that value alone.
+
+    The job that invalidates (a deploy step, an operator's shell) need not hold every secret
+    the gateway reads (upstream and Langfuse keys), so the rest of the file is not loaded.
+    """
+    from .config import ENV_PREFIX, _read_file
+
+    cache = _read_file(Path(path)).get("cache")
+    url = cache.get("redis_url") if isinstance(cache, dict) else None
+    if isinstance(url, str) and url.startswith(ENV_PREFIX):
+        name = url[len(ENV_PREFIX) :]
+        url = os.environ.get(name)
+        if not url:
+            raise CLIError(f"{path}: cache.redis_url: environment variable {name} is not set")
+    if not isinstance(url, str) or not url:
+        raise CLIError(f"{path}: cache.redis_url is not set")
+    if not url.startswith(("redis://", "rediss://")):  # as `serve` checks it
+        raise CLIError(f"{path}: cache.redis_url: expected a redis:// or rediss:// URL")
+    return url

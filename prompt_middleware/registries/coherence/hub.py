@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 from cachetools import LRUCache
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..._asgi import route_path
 from ...core.errors import PromptMiddlewareError
@@ -75,6 +75,9 @@ class Coherence:
         langfuse: the `LangfuseRegistry` used to learn the project and to poll; defaults to the
             cache's registry when it is one.
         prefix: prefix of the Redis keys and channel.
+        redis_timeout: seconds any one Redis call may take.
+        redis_keepalive: seconds without a message before the subscriber PINGs Redis, so a
+            connection dropped silently (a firewall, NAT) is noticed and epochs are re-read.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Coherence:
         langfuse: LangfuseRegistry | None = None,
         prefix: str | None = None,
         redis_timeout: float = 1.0,
+        redis_keepalive: float = 15.0,
     ) -> None:
         self.cache = cache
         if langfuse is None and isinstance(cache.registry, LangfuseRegistry):
@@ -114,6 +118,7 @@ class Coherence:
                 self._apply_remote,
                 prefix=prefix or DEFAULT_PREFIX,
                 timeout=redis_timeout,
+                keepalive=redis_keepalive,
             )
             if shared_cache:
                 self._shared = SharedPromptCache(
@@ -145,7 +150,6 @@ class Coherence:
                 self._webhook_change,
                 tolerance=tolerance,
                 max_body_size=max_body_size,
-                seen_before=None if self.fanout is None else self._delivery_seen,
             )
         cache.add_invalidation_listener(self._cache_invalidated)
 
@@ -167,6 +171,11 @@ class Coherence:
             shared_hits=0 if self._shared is None else self._shared.hits,
             shared_misses=0 if self._shared is None else self._shared.misses,
         )
+
+    @property
+    def running(self) -> bool:
+        """Whether `run()` is going (its subscriber, poller and discovery)."""
+        return self._task_group is not None
 
     def server_scope(self) -> str:
         """The scope name other workers know the server's own prompts by."""
@@ -223,14 +232,23 @@ class Coherence:
 
     # -- sources -----------------------------------------------------------------------------
 
-    async def _webhook_change(self, change: PromptChange) -> None:
+    async def _webhook_change(self, change: PromptChange) -> bool:
+        """Drop the delivery's project everywhere; False if another worker already took it."""
+        scope = _PROJECT + change.project_id
+        if self.fanout is not None:
+            claim = self.fanout.key("delivery", change.delivery_id)
+            published = await self.fanout.publish_once(claim, _DELIVERY_TTL, scope, None, "webhook")
+            if published is False:
+                return False
+            # None: Redis is unavailable and the invalidation queued; act on it here anyway.
         logger.info(
             "Langfuse reports prompt %r %s (project %s): dropping that project's cached prompts",
             change.name,
             change.action or "changed",
             change.project_id,
         )
-        await self.invalidate(project_id=change.project_id, origin="webhook")
+        self._apply(scope, None, "webhook")
+        return True
 
     async def _polled(self, names: list[str]) -> None:
         scope = self.server_scope()
@@ -328,11 +346,6 @@ class Coherence:
 
     # -- Redis helpers -----------------------------------------------------------------------
 
-    async def _delivery_seen(self, delivery_id: str) -> bool:
-        assert self.fanout is not None
-        claimed = await self.fanout.claim(self.fanout.key("delivery", delivery_id), _DELIVERY_TTL)
-        return claimed is False  # None: Redis down, act on it
-
     async def _poll_leader(self) -> bool:
         assert self.fanout is not None
         assert self.poller is not None
@@ -377,11 +390,35 @@ class CoherentApp:
         return route_path(scope) == self.webhook_path
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`coherence.run()` from startup until the server asks to shut down.
+
+        It is stopped, and awaited, before `app` hears of the shutdown: the poller and the
+        subscriber must not outlive the registries `app` closes then, nor still be running once
+        the server hears that shutdown is complete (uvicorn cancels the lifespan then).
+        """
         error: Exception | None = None
+        stopped = anyio.Event()
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self.coherence.run)
+            background = anyio.CancelScope()
+
+            async def run() -> None:
+                try:
+                    with background:
+                        await self.coherence.run()
+                finally:
+                    stopped.set()
+
+            task_group.start_soon(run)
+
+            async def receiving() -> Message:
+                message = await receive()
+                if message["type"] == "lifespan.shutdown":
+                    background.cancel()
+                    await stopped.wait()
+                return message
+
             try:
-                await self.app(scope, receive, send)
+                await self.app(scope, receiving, send)
             except Exception as exc:  # re-raised bare, not inside an ExceptionGroup
                 error = exc
             finally:

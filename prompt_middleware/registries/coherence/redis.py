@@ -8,8 +8,10 @@
 - Redis down, at start or later: invalidations stay local, a warning is logged once per
   outage, publishes wait in a small queue, and the subscriber reconnects with capped backoff.
   No client request ever waits on Redis for longer than `timeout`.
-- Also here: webhook delivery ids shared across processes (`SET NX`), the poller's election
-  lock and high-water mark, and an optional shared L2 prompt cache (`SharedPromptCache`).
+- A webhook delivery is claimed by its id (`SET NX`), bumped and published in the same script,
+  so across processes it is acted on once, and never claimed without being published.
+- Also here: the poller's election lock and high-water mark, and an optional shared L2 prompt
+  cache (`SharedPromptCache`).
 
 `publish_invalidation(url, name)` does one invalidation from outside the workers (the CLI).
 Needs the `redis` extra (`coredis>=6`).
@@ -58,6 +60,14 @@ local epoch = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. ARGV[3])
 return epoch
 """
+# A webhook delivery: claimed, bumped and published in one step, so a worker that dies halfway
+# cannot leave a claimed delivery that nobody published (Langfuse's retry would be a duplicate).
+_CLAIM_BUMP_AND_PUBLISH = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return 0 end
+local epoch = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. ARGV[3])
+return epoch
+"""
 _TAKE_LEAD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -102,6 +112,9 @@ class RedisFanout:
         prefix: prefix of every key and of the channel, so several gateways can share a Redis.
         timeout: seconds any one Redis call may take (connect included).
         backoff_base, backoff_max: reconnect delays, doubling from base up to max, jittered.
+        keepalive: seconds without a message after which the subscriber PINGs Redis (answered
+            within `timeout`, or it reconnects): a connection a firewall or NAT silently dropped
+            would otherwise look subscribed while every invalidation is lost.
     """
 
     def __init__(
@@ -113,6 +126,7 @@ class RedisFanout:
         timeout: float = 1.0,
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
+        keepalive: float = 15.0,
     ) -> None:
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError("timeout must be a positive number of seconds")
@@ -126,6 +140,7 @@ class RedisFanout:
         self._epochs_key = f"{prefix}:epochs"
         self._timeout = timeout
         self._backoff = (backoff_base, backoff_max)
+        self._keepalive = keepalive
         self.worker_id = uuid.uuid4().hex
         self._epochs: dict[str, int] = {}
         self._pending: dict[tuple[str, str | None], str] = {}  # -> origin
@@ -133,6 +148,7 @@ class RedisFanout:
         self._running = False
         self._up = False
         self._warned = False  # about the outage in progress
+        self._commands_failing = False  # warned about failing commands, none has worked since
         self._counts = dict.fromkeys(("published", "received", "resyncs", "subscribes"), 0)
         self._counts |= {"outages": 0, "errors": 0}
 
@@ -176,7 +192,10 @@ class RedisFanout:
         while True:
             try:
                 async with self._client.pubsub(
-                    channels=[self._channel], retry_policy=None, ignore_subscribe_messages=True
+                    channels=[self._channel],
+                    retry_policy=None,
+                    ignore_subscribe_messages=True,
+                    max_idle_seconds=self._keepalive,
                 ) as pubsub:
                     await self._resync()
                     self._counts["subscribes"] += 1
@@ -237,11 +256,7 @@ class RedisFanout:
         if not (self._running and self._up):
             self.enqueue(scope, name, origin)
             return False
-        payload = json.dumps(
-            {"scope": scope, "name": name, "origin": origin, "sender": self.worker_id},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        payload = self._payload(scope, name, origin)
         epoch = await self._command(
             lambda c: c.eval(
                 _BUMP_AND_PUBLISH, keys=[self._epochs_key], args=[scope, self._channel, payload]
@@ -250,9 +265,42 @@ class RedisFanout:
         if epoch is _DOWN:
             self.enqueue(scope, name, origin)
             return False
+        self._published(scope, epoch)
+        return True
+
+    async def publish_once(
+        self, claim: str, ttl: float, scope: str, name: str | None, origin: str
+    ) -> bool | None:
+        """`publish`, unless the key `claim` was set before (set it for `ttl` seconds).
+
+        True: published; False: claimed before, nothing done; None: Redis unavailable, the
+        invalidation is queued (the caller acts on it locally; twice is harmless).
+        """
+        if not (self._running and self._up):
+            self.enqueue(scope, name, origin)
+            return None
+        payload = self._payload(scope, name, origin)
+        keys = [self._epochs_key, claim]
+        args = [scope, self._channel, payload, str(_ms(ttl))]
+        epoch = await self._command(lambda c: c.eval(_CLAIM_BUMP_AND_PUBLISH, keys=keys, args=args))
+        if epoch is _DOWN:
+            self.enqueue(scope, name, origin)
+            return None
+        if int(str(epoch)) == 0:
+            return False
+        self._published(scope, epoch)
+        return True
+
+    def _payload(self, scope: str, name: str | None, origin: str) -> str:
+        return json.dumps(
+            {"scope": scope, "name": name, "origin": origin, "sender": self.worker_id},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+
+    def _published(self, scope: str, epoch: object) -> None:
         self._epochs[scope] = max(int(str(epoch)), self._epochs.get(scope, 0))
         self._counts["published"] += 1
-        return True
 
     def enqueue(self, scope: str, name: str | None, origin: str = "api") -> None:
         """Publish later (soon, or once Redis is back), without waiting."""
@@ -264,6 +312,7 @@ class RedisFanout:
             self._wake.set()
 
     async def _flush_loop(self) -> None:
+        delay = self._backoff[0]
         while True:
             assert self._wake is not None
             await self._wake.wait()
@@ -271,17 +320,16 @@ class RedisFanout:
             while self._pending and self._up:
                 scope, name = next(iter(self._pending))
                 origin = self._pending.pop((scope, name))
-                if not await self.publish(scope, name, origin):
-                    break
+                if await self.publish(scope, name, origin):
+                    delay = self._backoff[0]
+                    continue
+                # Requeued. Redis may refuse writes while the subscription stays up (a replica
+                # after a failover: READONLY; out of memory): wait before trying again, or this
+                # loop would spin on a refusal that comes back at once.
+                await anyio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._backoff[1])
 
     # -- small shared state ------------------------------------------------------------------
-
-    async def claim(self, key: str, ttl: float) -> bool | None:
-        """`SET key NX` for `ttl` seconds: True if this call set it, None if Redis is down."""
-        result = await self._command(
-            lambda c: c.set(key, "1", condition=coredis.PureToken.NX, px=_ms(ttl))
-        )
-        return None if result is _DOWN else bool(result)
 
     async def take_lead(self, key: str, ttl: float) -> bool | None:
         """Hold (or renew) the lock `key` for `ttl` seconds; None if Redis is down."""
@@ -311,12 +359,30 @@ class RedisFanout:
         for attempt in (1, 2):
             try:
                 with anyio.fail_after(self._timeout):
-                    return await call(self._client)
+                    result = await call(self._client)
             except Exception as exc:
                 self._counts["errors"] += 1
-                if attempt == 2:
-                    logger.warning("A Redis command failed (%s); kept local", _reason(exc))
-        return _DOWN
+                # A timeout is a slow or paused Redis, not a dead pooled connection: retrying
+                # would only double the wait of a webhook delivery that is waiting on it.
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    self._command_failed(exc)
+                    return _DOWN
+            else:
+                if self._commands_failing:
+                    self._commands_failing = False
+                    logger.warning("Redis at %s takes commands again", self._where)
+                return result
+        return _DOWN  # pragma: no cover - the loop returns
+
+    def _command_failed(self, exc: BaseException) -> None:
+        """One warning per streak of failed commands (the subscriber warns about outages)."""
+        if self._commands_failing:
+            logger.debug("A Redis command failed (%s); kept local", _reason(exc))
+            return
+        self._commands_failing = True
+        logger.warning(
+            "Redis commands fail (%s); invalidations stay local and are retried", _reason(exc)
+        )
 
     # -- outage bookkeeping ------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ DEFAULT_TOLERANCE = 300.0
 DEFAULT_MAX_BODY_SIZE = 2**20
 PROMPT_VERSION = "prompt-version"
 _MAX_SIGNATURE_HEADER = 4096
+_REFUSAL_WARNING_INTERVAL = 60.0  # seconds: anyone can send unsigned requests, many of them
 _TOO_LARGE = b"\x00too large"  # compared by identity only
 
 
@@ -173,23 +174,25 @@ class WebhookStats:
     malformed: int = 0
 
 
-OnChange = Callable[[PromptChange], Awaitable[None]]
-SeenBefore = Callable[[str], Awaitable[bool]]
+OnChange = Callable[[PromptChange], Awaitable["bool | None"]]
 
 
 class WebhookApp:
     """An ASGI app that receives Langfuse webhooks (`POST`, any path: mount it where you like).
 
+    Each answer is counted in `stats`; the gateway also counts them as metrics
+    (`prompt_middleware.gateway.observing.count_webhooks`).
+
     Args:
         secrets: the automation's signing secrets; several while one is being rotated.
-        on_change: awaited for each new authentic `prompt-version` delivery; it must be quick
-            (it runs before the answer). Errors in it are logged and still answered 2xx, as a
-            retry would fail the same way.
+        on_change: awaited for each authentic `prompt-version` delivery whose `id` this app
+            has not seen; it must be quick (it runs before the answer). It returns False when
+            another process already took the delivery (e.g. a shared Redis claim): then it is
+            answered as a duplicate. Errors in it are logged and still answered 2xx, as a retry
+            would fail the same way.
         tolerance: seconds the signature's timestamp may differ from our clock.
         max_body_size: larger bodies are refused with 413 before being read in full.
         dedupe_size: delivery ids remembered to recognise repeats (least recent forgotten).
-        seen_before: optional extra check shared across processes (e.g. Redis `SET NX`):
-            awaited with a new delivery id, True if another process already took it.
     """
 
     def __init__(
@@ -200,7 +203,6 @@ class WebhookApp:
         tolerance: float = DEFAULT_TOLERANCE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         dedupe_size: int = 4096,
-        seen_before: SeenBefore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secrets = tuple(secrets)
@@ -214,9 +216,10 @@ class WebhookApp:
         self._tolerance = tolerance
         self._max_body_size = max_body_size
         self._seen: LRUCache[str, None] = LRUCache(dedupe_size)
-        self._seen_before = seen_before
         self._clock = clock
         self._counts = dict.fromkeys(WebhookStats.__slots__, 0)
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -math.inf
 
     def __repr__(self) -> str:  # the secrets stay out
         return f"{type(self).__name__}(secrets=<{len(self._secrets)} redacted>)"
@@ -251,10 +254,24 @@ class WebhookApp:
             header, body, self._secrets, tolerance=self._tolerance, now=self._clock()
         ):
             self._counts["rejected"] += 1
-            logger.warning("Refused a webhook delivery: missing, wrong or stale signature")
+            self._log_refusal()
             await _answer(send, 401, "Invalid webhook signature.", "invalid_webhook_signature")
             return
         await self._handle(body, send)
+
+    def _log_refusal(self) -> None:
+        """A warning at most once a minute, so a flood of forged deliveries cannot flood logs."""
+        now = time.monotonic()
+        if now - self._refusal_logged_at < _REFUSAL_WARNING_INTERVAL:
+            self._refusals_unlogged += 1
+            logger.debug("Refused a webhook delivery: missing, wrong or stale signature")
+            return
+        since = self._refusals_unlogged
+        self._refusal_logged_at, self._refusals_unlogged = now, 0
+        logger.warning(
+            "Refused a webhook delivery: missing, wrong or stale signature%s",
+            f" ({since} more refused since the last warning)" if since else "",
+        )
 
     async def _handle(self, body: bytes, send: Send) -> None:
         try:
@@ -270,29 +287,21 @@ class WebhookApp:
             logger.debug("Ignored a webhook delivery of type %r", change[:100])
             await send_json(send, 200, {"status": "ignored"})
             return
-        if await self._is_duplicate(change.delivery_id):
+        acted: bool | None = False
+        if change.delivery_id not in self._seen:
+            self._seen[change.delivery_id] = None
+            try:
+                acted = await self._on_change(change)
+            except Exception:  # a retry would fail the same way: answered 2xx all the same
+                logger.exception("Handling a webhook delivery failed")
+                acted = True
+        if acted is False:
             self._counts["duplicate"] += 1
             logger.debug("Ignored a repeated webhook delivery")
             await send_json(send, 200, {"status": "duplicate"})
             return
         self._counts["accepted"] += 1
-        try:
-            await self._on_change(change)
-        except Exception:
-            logger.exception("Handling a webhook delivery failed")
         await send_json(send, 200, {"status": "accepted"})
-
-    async def _is_duplicate(self, delivery_id: str) -> bool:
-        if delivery_id in self._seen:
-            return True
-        self._seen[delivery_id] = None
-        if self._seen_before is None:
-            return False
-        try:
-            return await self._seen_before(delivery_id)
-        except Exception:  # an unreachable shared store: act on it (invalidating twice is safe)
-            logger.debug("Shared delivery check failed", exc_info=True)
-            return False
 
     async def _read(self, receive: Receive) -> bytes | None:
         """The body; None if the client left; `_TOO_LARGE` past `max_body_size`."""
