@@ -23,7 +23,7 @@ from prompt_middleware import observability
 from prompt_middleware.gateway.app import build_app
 from prompt_middleware.gateway.config import load_config
 from prompt_middleware.registries.coherence.webhook import sign
-from prompt_middleware.testing import asgi_client
+from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import OTEL_TRACES_PATH, FakeLangfuse
 from .fake_openai import INPUT_TOKENS, OUTPUT_TOKENS, FakeOpenAI
@@ -107,15 +107,59 @@ def test_metrics_after_traffic(tmp_path: Path, upstream: str) -> None:
     assert value(text, durations, upstream="127.0.0.1", status_class="2xx") == 4
     assert NAME not in text  # no prompt names without prompt_labels
 
-    # The access log: one JSON line per guarded request, never a key or a variable's value.
+    # The access log: one JSON line per request, never a key or a variable's value.
     assert gateway.process.returncode == 0
     lines = [json.loads(line) for line in gateway.log]
-    access = [line for line in lines if line["logger"] == "prompt_middleware.access"]
-    assert len(access) == 6
+    every = [line for line in lines if line["logger"] == "prompt_middleware.access"]
+    access = [line for line in every if line["path"] == "/v1/chat/completions"]
+    assert len(access) == 7
+    assert access[-1]["status"] == 401
+    assert access[-1]["outcome"] == "invalid_api_key"
+    metrics = [(line["method"], line["status"]) for line in every if "metrics" in line["path"]]
+    assert metrics == [("GET", 200), ("POST", 401)]
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]
     first = access[0]
     assert (first["status"], first["prompt"], first["version"]) == (200, NAME, 1)
     assert (first["label"], first["cache"], first["outcome"]) == ("production", "hit", "rewritten")
     assert isinstance(first["upstream_ms"], float)
+    assert all(KEY not in line for line in gateway.log)
+
+
+def test_one_access_line_per_request_in_text_mode(tmp_path: Path) -> None:
+    """Every request the gateway answers gets one line, ours: the guarded ones, what it
+    answers itself, the refused and the merely proxied; uvicorn's own access log is off."""
+    capture = CaptureApp({"ok": True})
+    with running_server(capture) as upstream:
+        models = {"fast": {"model": "m"}}
+        config = _config(tmp_path, upstream, models=models)
+        with serving("--config", str(config), stdout=True) as gateway:
+            headers = {"authorization": f"Bearer {KEY}"}
+            url = gateway.url
+            assert _post(gateway, {"prompt_id": NAME, "prompt_variables": {"x": "v"}}).is_success
+            assert httpx.get(url + "/v1/models", headers=headers).status_code == 200
+            assert httpx.get(url + "/v1/models").status_code == 401
+            assert httpx.get(url + f"/v1/files?key={KEY}", headers=headers).status_code == 200
+            probes_before = len(capture.requests)
+    assert gateway.process.returncode == 0
+    assert probes_before == 2
+    access = [line for line in gateway.log if line.startswith("INFO:") and " outcome=" in line]
+    assert not [line for line in gateway.log if '" 200' in line or "HTTP/1.1" in line], gateway.log
+    seen = [line.split()[1:4] for line in access if "/health" not in line]
+    assert seen == [
+        ["POST", "/v1/chat/completions", "200"],
+        ["GET", "/v1/models", "200"],
+        ["GET", "/v1/models", "401"],
+        ["GET", "/v1/files", "200"],
+    ]
+    chat, listed, refused, proxied = [line for line in access if "/health" not in line]
+    assert f"prompt={NAME} version=1 label=production cache=hit outcome=rewritten" in chat
+    assert "upstream=" in chat
+    assert listed.endswith("outcome=local")
+    assert refused.endswith("outcome=invalid_api_key")
+    assert "outcome=passed upstream=" in proxied
+    health = [line for line in access if "/health" in line]
+    assert health
+    assert all(line.split()[3] == "200" and "outcome=local" in line for line in health)
     assert all(KEY not in line for line in gateway.log)
 
 
