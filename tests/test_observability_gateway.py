@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import time
@@ -412,6 +413,41 @@ async def test_the_app_switches_observability_on_for_its_lifespan(tmp_path: Path
         after = value((await client.get("/metrics")).text, REWRITES, **passed)
     assert after - before == 1
     assert _active() is None
+
+
+@pytest.mark.anyio
+async def test_one_access_record_per_request_in_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process (asyncio and trio): each request one record, the guarded one with its
+    prompt fields, a failed upstream call with its status and upstream time."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: the upstream answers 502
+    app = build_app(load_config(str(_config(tmp_path, closed))))
+    headers = {"authorization": f"Bearer {KEY}"}
+    with caplog.at_level(logging.INFO, logger="prompt_middleware.access"):
+        async with asgi_client(app) as client:
+            caplog.clear()
+            body = {"prompt_id": NAME, "prompt_variables": {"x": KEY}}
+            assert (
+                await client.post("/v1/chat/completions", json=body, headers=headers)
+            ).status_code == 502
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get(f"/v1/files?key={KEY}")).status_code == 401
+    fields = [
+        r.access  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "prompt_middleware.access"
+    ]
+    assert [(f["method"], f["path"], f["status"], f["outcome"]) for f in fields] == [
+        ("POST", "/v1/chat/completions", 502, "rewritten"),
+        ("GET", "/health", 200, "local"),
+        ("GET", "/v1/files", 401, "invalid_api_key"),
+    ]
+    first = fields[0]
+    assert (first["prompt"], first["label"]) == (NAME, "production")
+    assert first["cache"] in ("hit", "miss")  # the preload runs in the background
+    assert isinstance(first["upstream_ms"], float)
+    assert all(KEY not in r.getMessage() for r in caplog.records)
 
 
 def _active() -> observability.Observer | None:

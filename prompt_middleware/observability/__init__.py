@@ -10,8 +10,10 @@ every hook in the middleware, the cache and the upstream proxy is one `if`.
     app.mount("/metrics", observability.metrics_app())
 
 Hooks (called by the rest of the package; see docs/observability.md):
+    active.request(handle, scope, receive, send) the gateway, per HTTP request (its access line)
     active.guard(handle, scope, receive, send)   PromptMiddleware, per guarded request
-    record_error(exc)                            PromptMiddleware, where it answers an error
+    record_error(exc)                            PromptMiddleware and the gateway, on an error
+    record_outcome(outcome)                      the gateway, for what it answers itself
     active.cache_lookup(result)                  CachedRegistry.get_prompt
     fetch_timer(registry)                        CachedRegistry, around the registry call
     record_invalidation(origin)                  CachedRegistry.invalidate and its callers
@@ -110,7 +112,8 @@ def enable(
     Args:
         metrics: Prometheus series; None: if prometheus_client is installed; True: required.
         tracing: OpenTelemetry spans; None: if opentelemetry-api is installed; True: required.
-        access_log: one INFO line per guarded request on `prompt_middleware.access`.
+        access_log: one INFO line per guarded request on `prompt_middleware.access` (per
+            request, for requests run through `Observer.request`, as the gateway does).
         prompt_labels: add `{prompt, version, label}` to the rewrite and upstream series.
         registry: the `prometheus_client.CollectorRegistry` to register on (default: the
             global `REGISTRY`). Registering twice on one registry reuses the series.
