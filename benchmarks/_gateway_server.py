@@ -30,9 +30,20 @@ def main() -> None:
     parser.add_argument("--transport", default="auto")
     parser.add_argument("--gc", default="", help="experiment: freeze, or freeze,THRESHOLD")
     parser.add_argument(
-        "--access-log", action="store_true", help="uvicorn's access log at INFO, as serve has it"
+        "--access-log",
+        action="store_true",
+        help="uvicorn's access log at INFO (serve before #17's follow-up)",
+    )
+    parser.add_argument(
+        "--our-log",
+        action="store_true",
+        help="logging as serve sets it up at INFO: the gateway's own access line per request",
     )
     args = parser.parse_args()
+    if args.our_log:
+        from prompt_middleware import observability
+
+        observability.configure_logging("info", "text")
     app = build_app(load_config(args.config, {}))
     if args.gc:
         import gc
@@ -55,7 +66,7 @@ def main() -> None:
         loop=args.loop,
         lifespan="on",
         access_log=args.access_log,
-        log_level="info" if args.access_log else "warning",
+        log_level="info" if args.access_log or args.our_log else "warning",
         backlog=2048,
     )
 

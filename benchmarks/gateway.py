@@ -24,8 +24,10 @@ arrives in a read of its own (0: all in one write); per-event cost =
 Variants compare versions and stacks in one run: NAME=PATH puts a checkout's directory first on
 PYTHONPATH (default: this one); http is h11 or httptools, loop asyncio or uvloop (default: what
 is installed, as `serve` picks), transport auto, httpx or aiohttp (versions with a choice), and
-an experiment on the garbage collector (`freeze` or `freeze,THRESHOLD`), and `access` for
-uvicorn's access log as `serve` has it at its default log level (to a file here).
+an experiment on the garbage collector (`freeze` or `freeze,THRESHOLD`), and the access log:
+`access` for uvicorn's, `ours` for the gateway's own line per request as `serve` writes it at
+its default log level, `both` for the two (as `serve` wrote them before uvicorn's was turned
+off); to a file here.
 `--soak 300` then runs the first variant for that long at 32 connections, sampling its RSS.
 Only 127.0.0.1 is used; every run is bounded by --duration.
 """
@@ -287,8 +289,12 @@ def parse_variant(spec: str, config: Path) -> Target:
     for flag, value in options:
         if value:
             argv += [flag, value]
-    if log == "access":
+    # access: uvicorn's access line; ours: the gateway's own (as serve logs now); both: the two
+    # (as serve logged guarded requests before).
+    if log in ("access", "both"):
         argv.append("--access-log")
+    if log in ("ours", "both"):
+        argv.append("--our-log")
     port = free_port()
     argv[3] = str(port)
     env = {"PYTHONPATH": library}

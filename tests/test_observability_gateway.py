@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import time
@@ -23,7 +24,7 @@ from prompt_middleware import observability
 from prompt_middleware.gateway.app import build_app
 from prompt_middleware.gateway.config import load_config
 from prompt_middleware.registries.coherence.webhook import sign
-from prompt_middleware.testing import asgi_client
+from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .fake_langfuse import OTEL_TRACES_PATH, FakeLangfuse
 from .fake_openai import INPUT_TOKENS, OUTPUT_TOKENS, FakeOpenAI
@@ -107,15 +108,59 @@ def test_metrics_after_traffic(tmp_path: Path, upstream: str) -> None:
     assert value(text, durations, upstream="127.0.0.1", status_class="2xx") == 4
     assert NAME not in text  # no prompt names without prompt_labels
 
-    # The access log: one JSON line per guarded request, never a key or a variable's value.
+    # The access log: one JSON line per request, never a key or a variable's value.
     assert gateway.process.returncode == 0
     lines = [json.loads(line) for line in gateway.log]
-    access = [line for line in lines if line["logger"] == "prompt_middleware.access"]
-    assert len(access) == 6
+    every = [line for line in lines if line["logger"] == "prompt_middleware.access"]
+    access = [line for line in every if line["path"] == "/v1/chat/completions"]
+    assert len(access) == 7
+    assert access[-1]["status"] == 401
+    assert access[-1]["outcome"] == "invalid_api_key"
+    metrics = [(line["method"], line["status"]) for line in every if "metrics" in line["path"]]
+    assert metrics == [("GET", 200), ("POST", 401)]
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]
     first = access[0]
     assert (first["status"], first["prompt"], first["version"]) == (200, NAME, 1)
     assert (first["label"], first["cache"], first["outcome"]) == ("production", "hit", "rewritten")
     assert isinstance(first["upstream_ms"], float)
+    assert all(KEY not in line for line in gateway.log)
+
+
+def test_one_access_line_per_request_in_text_mode(tmp_path: Path) -> None:
+    """Every request the gateway answers gets one line, ours: the guarded ones, what it
+    answers itself, the refused and the merely proxied; uvicorn's own access log is off."""
+    capture = CaptureApp({"ok": True})
+    with running_server(capture) as upstream:
+        models = {"fast": {"model": "m"}}
+        config = _config(tmp_path, upstream, models=models)
+        with serving("--config", str(config), stdout=True) as gateway:
+            headers = {"authorization": f"Bearer {KEY}"}
+            url = gateway.url
+            assert _post(gateway, {"prompt_id": NAME, "prompt_variables": {"x": "v"}}).is_success
+            assert httpx.get(url + "/v1/models", headers=headers).status_code == 200
+            assert httpx.get(url + "/v1/models").status_code == 401
+            assert httpx.get(url + f"/v1/files?key={KEY}", headers=headers).status_code == 200
+            probes_before = len(capture.requests)
+    assert gateway.process.returncode == 0
+    assert probes_before == 2
+    access = [line for line in gateway.log if line.startswith("INFO:") and " outcome=" in line]
+    assert not [line for line in gateway.log if '" 200' in line or "HTTP/1.1" in line], gateway.log
+    seen = [line.split()[1:4] for line in access if "/health" not in line]
+    assert seen == [
+        ["POST", "/v1/chat/completions", "200"],
+        ["GET", "/v1/models", "200"],
+        ["GET", "/v1/models", "401"],
+        ["GET", "/v1/files", "200"],
+    ]
+    chat, listed, refused, proxied = [line for line in access if "/health" not in line]
+    assert f"prompt={NAME} version=1 label=production cache=hit outcome=rewritten" in chat
+    assert "upstream=" in chat
+    assert listed.endswith("outcome=local")
+    assert refused.endswith("outcome=invalid_api_key")
+    assert "outcome=passed upstream=" in proxied
+    health = [line for line in access if "/health" in line]
+    assert health
+    assert all(line.split()[3] == "200" and "outcome=local" in line for line in health)
     assert all(KEY not in line for line in gateway.log)
 
 
@@ -368,6 +413,41 @@ async def test_the_app_switches_observability_on_for_its_lifespan(tmp_path: Path
         after = value((await client.get("/metrics")).text, REWRITES, **passed)
     assert after - before == 1
     assert _active() is None
+
+
+@pytest.mark.anyio
+async def test_one_access_record_per_request_in_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process (asyncio and trio): each request one record, the guarded one with its
+    prompt fields, a failed upstream call with its status and upstream time."""
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: the upstream answers 502
+    app = build_app(load_config(str(_config(tmp_path, closed))))
+    headers = {"authorization": f"Bearer {KEY}"}
+    with caplog.at_level(logging.INFO, logger="prompt_middleware.access"):
+        async with asgi_client(app) as client:
+            caplog.clear()
+            body = {"prompt_id": NAME, "prompt_variables": {"x": KEY}}
+            assert (
+                await client.post("/v1/chat/completions", json=body, headers=headers)
+            ).status_code == 502
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get(f"/v1/files?key={KEY}")).status_code == 401
+    fields = [
+        r.access  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "prompt_middleware.access"
+    ]
+    assert [(f["method"], f["path"], f["status"], f["outcome"]) for f in fields] == [
+        ("POST", "/v1/chat/completions", 502, "rewritten"),
+        ("GET", "/health", 200, "local"),
+        ("GET", "/v1/files", 401, "invalid_api_key"),
+    ]
+    first = fields[0]
+    assert (first["prompt"], first["label"]) == (NAME, "production")
+    assert first["cache"] in ("hit", "miss")  # the preload runs in the background
+    assert isinstance(first["upstream_ms"], float)
+    assert all(KEY not in r.getMessage() for r in caplog.records)
 
 
 def _active() -> observability.Observer | None:

@@ -146,8 +146,10 @@ def test_serve_logs_no_secret() -> None:
         # aiohttp (the gateway's client on asyncio when installed) logs none.
         httpx_lines = [line for line in gateway.log if "HTTP Request: GET" in line]
         assert all("key=***" in line for line in httpx_lines), httpx_lines
-        assert any('"GET /v1/models?' in line and "key=***" in line for line in gateway.log)
-    assert any("api-version=***&key=***" in line for line in basic.log), basic.log
+        # One access line per request, the gateway's: the path without the query. uvicorn's
+        # own (which showed the query, masked) is off under `serve`.
+        assert any(line.startswith("INFO:     GET /v1/models 200 ") for line in gateway.log)
+        assert not any('"GET /v1/models?' in line for line in gateway.log), gateway.log
     assert (chat.status_code, models.status_code, keyed_models.status_code) == (200, 200, 200)
     authorizations = [r.headers.getlist("authorization") for r in capture.requests]
     # The explicit server key wins over the URL's userinfo.

@@ -69,6 +69,7 @@ _UPSTREAM: Final = "prompt_middleware.upstream"  # scope key: the upstream app c
 _PROMPT_ID: Final = re.compile(rb'"prompt_id"|\\u')
 _ROUTE_FIELDS: Final = frozenset({"model", "prompt_id"})  # repeating one is refused
 _WWW_AUTHENTICATE: Final = [(b"www-authenticate", b"Bearer")]
+_LOCAL: Final = "local"  # the access log's outcome for what the gateway answers itself
 
 
 class ClientKeys:
@@ -215,29 +216,42 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = route_path(scope)
-            method = scope["method"]
-            unkeyed = self._unkeyed(method, path)
-            if unkeyed is not None:
-                await unkeyed(scope, receive, send)
-                return
-            if self.keys is not None:
-                if not self.keys.allows(scope):
-                    await send_error(send, _invalid_key(), _WWW_AUTHENTICATE)
-                    return
-                scope = _without_credentials(scope)
-            if method == "GET" and self._list_models and self._answer_models(path):
-                await self._models_answer(path, send)
-                return
-            if method == "POST" and (self._peek is not None or self._bound is not None):
-                await self._route(scope, receive, send)
-                return
-        elif kind == "websocket" and self.keys is not None and not self.keys.allows(scope):
+            observer = observability.active
+            if observer is None:
+                await self._http(scope, receive, send)
+            else:  # the access log: one line for every request, whoever answers it
+                await observer.request(self._http, scope, receive, send)
+            return
+        if kind == "websocket" and self.keys is not None and not self.keys.allows(scope):
             await receive()  # websocket.connect; closing before accepting refuses it (403)
             await send({"type": "websocket.close", "code": 1008})
             return
-        elif kind == "lifespan":
+        if kind == "lifespan":
             await self._lifespan(scope, receive, send)
+            return
+        await self.middleware(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope)
+        method = scope["method"]
+        unkeyed = self._unkeyed(method, path)
+        if unkeyed is not None:
+            observability.record_outcome(_LOCAL)
+            await unkeyed(scope, receive, send)
+            return
+        if self.keys is not None:
+            if not self.keys.allows(scope):
+                error = _invalid_key()
+                observability.record_error(error)
+                await send_error(send, error, _WWW_AUTHENTICATE)
+                return
+            scope = _without_credentials(scope)
+        if method == "GET" and self._list_models and self._answer_models(path):
+            observability.record_outcome(_LOCAL)
+            await self._models_answer(path, send)
+            return
+        if method == "POST" and (self._peek is not None or self._bound is not None):
+            await self._route(scope, receive, send)
             return
         await self.middleware(scope, receive, send)
 
@@ -287,6 +301,7 @@ class GatewayApp:
             decoded = decode_body(body, coding, limit) if coding else body
             routed = self._pick(decoded)
         except PromptMiddlewareError as exc:
+            observability.record_error(exc)
             await send_error(send, exc)
             return
         if routed is None:

@@ -257,6 +257,9 @@ def _serve(args: argparse.Namespace) -> int:
         "port": server.port,
         "log_level": server.log_level,
         "lifespan": "on",
+        # The gateway writes one access line per request itself (`prompt_middleware.access`,
+        # with the prompt, cache and upstream time); uvicorn's would be a second, without them.
+        "access_log": False,
         "timeout_graceful_shutdown": server.graceful_timeout,
     }
     if server.log_format == "json":  # uvicorn's lines through our JSON handler, not its own

@@ -54,6 +54,7 @@ _HOP_BY_HOP: Final = frozenset(
 _REQUEST_ONLY: Final = frozenset({b"host", b"content-length", b"expect"})
 # The ASGI server in front adds its own `date` and `server`; forwarding them would duplicate them.
 _RESPONSE_ONLY: Final = frozenset({b"date", b"server"})
+_EVENT_ENDS: Final = (b"\n\n", b"\r\r", b"\r\n\r\n")
 _PATH_SAFE: Final = "/:@!$&'()*+,;=~"
 _INVALID: Final = "invalid_request_error"
 _BAD_TARGET: Final = "invalid_request_target"
@@ -481,6 +482,8 @@ class _Exchange:
         # Hold back a trailing partial event, so that if the upstream fails mid-stream the error
         # event we append starts on an event boundary and parses. A client dispatches an event
         # only at its blank line anyway, so holding back delays nothing it could see.
+        if not self._held and chunk.endswith(_EVENT_ENDS):  # one or more whole events: as is
+            return chunk
         data = self._held + chunk
         cut = _events_end(data)
         self._held = data[cut:]

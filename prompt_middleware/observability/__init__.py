@@ -10,8 +10,10 @@ every hook in the middleware, the cache and the upstream proxy is one `if`.
     app.mount("/metrics", observability.metrics_app())
 
 Hooks (called by the rest of the package; see docs/observability.md):
+    active.request(handle, scope, receive, send) the gateway, per HTTP request (its access line)
     active.guard(handle, scope, receive, send)   PromptMiddleware, per guarded request
-    record_error(exc)                            PromptMiddleware, where it answers an error
+    record_error(exc)                            PromptMiddleware and the gateway, on an error
+    record_outcome(outcome)                      the gateway, for what it answers itself
     active.cache_lookup(result)                  CachedRegistry.get_prompt
     fetch_timer(registry)                        CachedRegistry, around the registry call
     record_invalidation(origin)                  CachedRegistry.invalidate and its callers
@@ -61,6 +63,7 @@ __all__ = [
     "otlp_tracer_provider",
     "prepare_multiprocess",
     "record_error",
+    "record_outcome",
     "record_invalidation",
     "record_webhook",
     "tracing_available",
@@ -109,7 +112,8 @@ def enable(
     Args:
         metrics: Prometheus series; None: if prometheus_client is installed; True: required.
         tracing: OpenTelemetry spans; None: if opentelemetry-api is installed; True: required.
-        access_log: one INFO line per guarded request on `prompt_middleware.access`.
+        access_log: one INFO line per guarded request on `prompt_middleware.access` (per
+            request, for requests run through `Observer.request`, as the gateway does).
         prompt_labels: add `{prompt, version, label}` to the rewrite and upstream series.
         registry: the `prometheus_client.CollectorRegistry` to register on (default: the
             global `REGISTRY`). Registering twice on one registry reuses the series.
@@ -238,10 +242,18 @@ def otlp_tracer_provider(
 
 
 def record_error(error: BaseException) -> None:
-    """The guarded request being handled is answered with `error` (called where it is)."""
+    """The request being handled is answered with `error` (called where it is)."""
     record = _request.get()
     if record is not None:
         record.error = error
+
+
+def record_outcome(outcome: str) -> None:
+    """The access line's outcome for the request being handled, e.g. `local` (the gateway
+    answered it itself); a guarded request's own outcome wins."""
+    record = _request.get()
+    if record is not None and record.outcome is None:
+        record.outcome = outcome
 
 
 def record_invalidation(origin: str, count: int = 1) -> None:
@@ -323,16 +335,58 @@ def _status_class(status: int | None) -> str:
 
 
 class _Request:
-    """What one guarded request did, filled in by the hooks as it goes."""
+    """What one request did, filled in by the hooks as it goes."""
 
-    __slots__ = ("cache", "error", "start", "status", "upstream_seconds")
+    __slots__ = (
+        "cache",
+        "error",
+        "label",
+        "outcome",
+        "prompt",
+        "start",
+        "status",
+        "upstream_seconds",
+        "whole",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole: bool = False) -> None:
         self.start = time.perf_counter()
         self.status: int | None = None
         self.cache: str | None = None
         self.error: BaseException | None = None
         self.upstream_seconds: float | None = None
+        # Set by `Observer.request`: the access line is written there, for the whole request;
+        # a guard inside only fills in the prompt fields.
+        self.whole = whole
+        self.prompt: Any = None
+        self.label: str | None = None
+        self.outcome: str | None = None
+
+
+def _outcome(error: BaseException | None, prompt: Any) -> str:
+    if error is not None:
+        return error.code if isinstance(error, PromptMiddlewareError) else "error"
+    return "rewritten" if prompt is not None else "passed"
+
+
+def _write_access(
+    scope: Scope, record: _Request, prompt: Any, label: str | None, outcome: str
+) -> None:
+    upstream = record.upstream_seconds
+    log_access(
+        {
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": record.status if record.status is not None else "-",
+            "duration_ms": round((time.perf_counter() - record.start) * 1000, 2),
+            "prompt": None if prompt is None else prompt.name,
+            "version": None if prompt is None else prompt.version,
+            "label": label,
+            "cache": record.cache,
+            "upstream_ms": None if upstream is None else round(upstream * 1000, 2),
+            "outcome": outcome,
+        }
+    )
 
 
 class Observer:
@@ -369,7 +423,9 @@ class Observer:
         send: Send,
     ) -> None:
         """Run `handle` (the middleware's own handling) for one guarded request, observed."""
-        record = _Request()
+        outer = _request.get()
+        whole = outer is not None and outer.whole
+        record = outer if outer is not None and whole else _Request()
         if scope.get("state") is None:  # so that the prompt the middleware puts there is seen
             scope = {**scope, "state": {}}
         state: dict[str, Any] = scope["state"]
@@ -379,9 +435,9 @@ class Observer:
             if started is not None:
                 span, token = started
 
-        if self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
+        if not whole and self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
             # Only the access line reads the status: no wrapper (one more await per message)
-            # when there is none.
+            # when there is none, or when `request` around this one reads it.
             inner = send
 
             async def observed_send(message: Message) -> None:
@@ -399,18 +455,56 @@ class Observer:
             raise
         finally:
             _request.reset(reset)
-            self._finish(scope, state, record, span, token)
+            self._finish(scope, state, record, span, token, log=not whole)
+
+    async def request(
+        self,
+        handle: Callable[[Scope, Receive, Send], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Run `handle` for any HTTP request with one access line for it, whichever layer
+        answers: a guarded request inside adds its prompt fields to this line instead of
+        writing its own. Outcome: the guard's, else the error's code, else `passed`."""
+        if not (self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO)):
+            await handle(scope, receive, send)
+            return
+        record = _Request(whole=True)
+        inner = send
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+            await inner(message)
+
+        reset = _request.set(record)
+        try:
+            await handle(scope, receive, observed_send)
+        except BaseException as exc:
+            record.error = record.error or exc
+            raise
+        finally:
+            _request.reset(reset)
+            outcome = record.outcome
+            if outcome is None:
+                outcome = _outcome(record.error, None)
+            _write_access(scope, record, record.prompt, record.label, outcome)
 
     def _finish(
-        self, scope: Scope, state: dict[str, Any], record: _Request, span: Any, token: Any
+        self,
+        scope: Scope,
+        state: dict[str, Any],
+        record: _Request,
+        span: Any,
+        token: Any,
+        *,
+        log: bool = True,
     ) -> None:
         prompt = state.get("prompt")
         label = state.get("prompt_label")
         error = record.error
-        if error is not None:
-            outcome = error.code if isinstance(error, PromptMiddlewareError) else "error"
-        else:
-            outcome = "rewritten" if prompt is not None else "passed"
+        outcome = _outcome(error, prompt)
         metrics = self.metrics
         if metrics is not None:
             endpoint = _endpoint(scope["path"])
@@ -425,22 +519,10 @@ class Observer:
             self.tracing.end_request(
                 span, token, prompt=identity, outcome=outcome, cache=record.cache, error=error
             )
-        if self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
-            upstream = record.upstream_seconds
-            log_access(
-                {
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": record.status if record.status is not None else "-",
-                    "duration_ms": round((time.perf_counter() - record.start) * 1000, 2),
-                    "prompt": None if prompt is None else prompt.name,
-                    "version": None if prompt is None else prompt.version,
-                    "label": label,
-                    "cache": record.cache,
-                    "upstream_ms": None if upstream is None else round(upstream * 1000, 2),
-                    "outcome": outcome,
-                }
-            )
+        if not log:
+            record.prompt, record.label, record.outcome = prompt, label, outcome
+        elif self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
+            _write_access(scope, record, prompt, label, outcome)
 
     def cache_lookup(self, result: str) -> None:
         """One prompt cache lookup: hit, stale, miss or negative_hit."""

@@ -1,4 +1,5 @@
-"""The access log: one line per guarded request on the `prompt_middleware.access` logger.
+"""The access log: one line per guarded request on the `prompt_middleware.access` logger (under
+the gateway, one per HTTP request it answers: `Observer.request`).
 
 Each record carries its fields in `record.access` (method, path, status, duration_ms, prompt,
 version, label, cache, upstream_ms, outcome): never a body, a query string or a header value.
