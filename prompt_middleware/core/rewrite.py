@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._json import dump_json, finite
-from .dialects import Api, translate_config
+from .dialects import Api, only_filters, translate_config
 from .errors import InvalidPromptRequest, InvalidPromptVariables, MissingVariables
 from .prompts import Prompt
 from .references import PART_MARKER, STRIPPED_FIELDS, ModelPrompt, Part, PromptRequest
@@ -148,12 +148,36 @@ def _apply_model_and_config(
         body["model"] = model[len(MODEL_PREFIX) :]
     if bound is not None and bound.model:
         body["model"] = bound.model
-    if prompt.model:
-        body["model"] = prompt.model
-    for key, value in translate_config(prompt.config, api).items():
+    model_override = prompt.model
+    if model_override:
+        body["model"] = model_override
+    for key, value, sendable in _config_params(prompt, api):
         if key not in body:
-            finite(value)
+            if not sendable:
+                finite(value)  # raises
             body[key] = value
+
+
+def _config_params(prompt: Prompt, api: Api) -> tuple[tuple[str, Any, bool], ...]:
+    """The parameters `prompt`'s config sets for `api`, each with whether JSON can carry it;
+    kept on the prompt unless translating them logs (then that happens on every request)."""
+    params: tuple[tuple[str, Any, bool], ...] | None = prompt._derived.get(api)
+    if params is None:
+        params = tuple(
+            (key, value, _sendable(value))
+            for key, value in translate_config(prompt.config, api).items()
+        )
+        if only_filters(prompt.config, api):
+            prompt._derived[api] = params
+    return params
+
+
+def _sendable(value: Any) -> bool:
+    try:
+        finite(value)
+    except InvalidPromptRequest:
+        return False
+    return True
 
 
 def _without_prompt_fields(body: Mapping[str, Any]) -> dict[str, Any]:
