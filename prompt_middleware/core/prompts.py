@@ -39,6 +39,16 @@ _CLOSE = "}}"
 _Pieces = tuple[tuple[tuple[str, str, str], ...], str]
 
 
+# References that passed `PromptRef.checked`, by their exact values: most requests name one of
+# a few prompts, and building a frozen dataclass costs more than looking one up. Only plain types
+# (True == 1, so a bool version must never find the ref of version 1) and bounded text.
+_CHECKED: dict[tuple[Any, Any, Any], PromptRef] = {}
+_MEMO_SIZE = 1024
+_MEMO_TEXT = 256
+_PLAIN_VERSION = (int, type(None))
+_PLAIN_LABEL = (str, type(None))
+
+
 @dataclass(frozen=True, slots=True)
 class PromptRef:
     """Which prompt a request asks for. With neither version nor label, the `production` label."""
@@ -63,6 +73,19 @@ class PromptRef:
         non-empty text that can travel as UTF-8 (no lone surrogates), a version a positive
         integer, and version and label are not given together.
         """
+        key = (name, version, label)
+        memo = (
+            cls is PromptRef
+            and name.__class__ is str
+            and version.__class__ in _PLAIN_VERSION
+            and label.__class__ in _PLAIN_LABEL
+            and len(name) <= _MEMO_TEXT
+            and (label is None or len(label) <= _MEMO_TEXT)
+        )
+        if memo:
+            known = _CHECKED.get(key)
+            if known is not None:  # these exact values passed the checks below before
+                return known
         require_text(name, name_param)
         if version is not None and (
             isinstance(version, bool) or not isinstance(version, int) or version < 1
@@ -76,7 +99,12 @@ class PromptRef:
                 raise InvalidPromptRequest(
                     "Give prompt_version or prompt_label, not both.", param="prompt_label"
                 )
-        return cls(name, version, label)
+        ref = cls(name, version, label)
+        if memo:
+            if len(_CHECKED) >= _MEMO_SIZE:
+                _CHECKED.clear()
+            _CHECKED[key] = ref
+        return ref
 
     @property
     def effective_label(self) -> str | None:
