@@ -79,14 +79,15 @@ def build_messages(
     compiled = prompt.compile_result(request.variables, text_role=options.text_role)
     messages = compiled.messages
     client = client_messages if isinstance(client_messages, list) and client_messages else None
-    unfilled = [name for _, name in compiled.placeholders]
-    if client is not None and len(compiled.placeholders) == 1:
+    unfilled = compiled.placeholders
+    if client is not None and len(unfilled) == 1:
         # The usual shape: system prompt from the registry, conversation from the client.
-        index = compiled.placeholders[0][0]
+        index = unfilled[0][0]
         messages = [*messages[:index], *client, *messages[index:]]
-        unfilled, client = [], None
+        unfilled, client = (), None
     if options.strict_variables and (compiled.missing_variables or unfilled):
-        raise MissingVariables(prompt.name, compiled.missing_variables, unfilled)
+        names = [name for _, name in unfilled]
+        raise MissingVariables(prompt.name, compiled.missing_variables, names)
     if client is not None and options.client_messages == "append":
         messages = [*messages, *client]
     return messages
@@ -181,7 +182,9 @@ def _sendable(value: Any) -> bool:
 
 
 def _without_prompt_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in body.items() if k not in STRIPPED_FIELDS}
+    out = dict(body)  # the kept fields in their order; deleting the few others is cheaper
+    for key in STRIPPED_FIELDS.intersection(out):
+        del out[key]
     if isinstance(out.get("prompt"), dict):
         del out["prompt"]
     return out
