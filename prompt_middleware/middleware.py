@@ -97,6 +97,10 @@ class PromptMiddleware:
             }
         )
         self._markers = reference_markers(self._model_prompts)
+        # The first finds a plainly written prompt field, as nearly every prompt request has:
+        # asked alone, a rewrite pays no generator for the pre-filter.
+        self._first_marker = self._markers[0]
+        self._other_markers = self._markers[1:]
         self.allow_request_credentials = allow_request_credentials
         self._tenants = (
             _tenant_pool(registry, allowed_langfuse_hosts) if allow_request_credentials else None
@@ -179,7 +183,9 @@ class PromptMiddleware:
             return
 
         rewritten: tuple[bytes, Prompt, str | None] | None = None
-        if any(marker.search(decoded) for marker in self._markers):  # else it has no reference
+        if self._first_marker.search(decoded) is not None or any(
+            marker.search(decoded) for marker in self._other_markers
+        ):  # else it has no reference
             try:
                 rewritten = await self._rewrite(decoded, scope)
             except PromptMiddlewareError as exc:
