@@ -1,9 +1,10 @@
 """The shared workload of the benchmarks: request bodies, the prompt, the app behind, ASGI doubles.
 
 Bodies are deterministic (seeded) and serialised the way httpx 0.28 (and so the openai SDK) sends
-them: compact separators, UTF-8, no `\\u` escapes. Three sizes:
+them: compact separators, UTF-8, no `\\u` escapes. Four sizes:
 
 * small   (~0.5 KB): prompt reference, three variables, one user message;
+* medium  (~2 KB):   prompt reference, three variables, a 4-message conversation;
 * typical (~4 KB):   prompt reference, three variables, an 8-message conversation;
 * large   (~200 KB): prompt reference, three variables, a 24-message conversation with long turns.
 
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 PROMPT_NAME = "support/assistant"
-SIZES = ("small", "typical", "large")
+SIZES = ("small", "medium", "typical", "large")
 CHAT_PATH = "/v1/chat/completions"
 OTHER_PATH = "/v1/embeddings"
 
@@ -73,8 +74,8 @@ _SYSTEM_TEMPLATE = (
 )
 _VARIABLES = {"company": "Acme Outdoor GmbH", "tier": "premium", "today": "2025-11-25"}
 
-# (turns, words per turn) for each size; the prompt shape's total is ~0.5 / ~4 / ~200 KB.
-_SHAPES = {"small": (1, 40), "typical": (8, 70), "large": (24, 1270)}
+# (turns, words per turn) for each size; the prompt shape's total is ~0.5 / ~2 / ~4 / ~200 KB.
+_SHAPES = {"small": (1, 40), "medium": (4, 60), "typical": (8, 70), "large": (24, 1270)}
 
 
 def _text(rng: random.Random, words: int) -> str:

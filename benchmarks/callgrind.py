@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 from _report import machine_info, print_machine, table, write_json
 from _workload import (
+    SIZES,
     BareApp,
     OnceReceive,
     body_for,
@@ -89,7 +90,7 @@ def instructions(variant: str, case: str, size: str, n: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="typical", choices=["small", "typical", "large"])
+    parser.add_argument("--size", default="typical", choices=SIZES)
     parser.add_argument("--cases", default="b,c,c-parse,d")
     parser.add_argument("-n", type=int, default=400, help="requests per measured run")
     parser.add_argument("--jobs", type=int, default=2, help="valgrind processes at once")

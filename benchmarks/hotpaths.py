@@ -30,6 +30,7 @@ import orjson
 from _report import machine_info, print_machine, table
 from _workload import (
     CHAT_PATH,
+    SIZES,
     BareApp,
     OnceReceive,
     body_for,
@@ -199,7 +200,7 @@ def breakdown(size: str) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="typical", choices=["small", "typical", "large"])
+    parser.add_argument("--size", default="typical", choices=SIZES)
     parser.add_argument("--cases", default="c,c-parse,d")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("-n", type=int, default=5000, help="requests profiled per case")

@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
-from prompt_middleware.core.errors import InvalidPrompt, InvalidPromptVariables
+from prompt_middleware.core.errors import (
+    InvalidPrompt,
+    InvalidPromptRequest,
+    InvalidPromptVariables,
+)
 from prompt_middleware.core.prompts import (
     DEFAULT_LABEL,
     CompiledPrompt,
@@ -539,3 +543,14 @@ def test_a_config_json_cannot_carry_is_the_registrys_fault(config: dict[str, Any
     with pytest.raises(InvalidPrompt, match="config"):
         Prompt("p", 1, "text", "x", config=config)
     Prompt("p", 1, "text", "x", config={"response_format": _deep(63)})  # within the bound
+
+
+def test_a_checked_reference_is_remembered_by_exact_values_only() -> None:
+    first = PromptRef.checked("support/assistant", 1)
+    assert PromptRef.checked("support/assistant", 1) is first
+    with pytest.raises(InvalidPromptRequest):  # True == 1, yet no version
+        PromptRef.checked("support/assistant", True)
+    with pytest.raises(InvalidPromptRequest):
+        PromptRef.checked("support/assistant", 1, "production")
+    with pytest.raises(InvalidPromptRequest):  # 1.0 == 1 too
+        PromptRef.checked("support/assistant", 1.0)

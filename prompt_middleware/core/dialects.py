@@ -82,11 +82,17 @@ _Config = dict[str, Any]
 _Translate = Callable[[Mapping[str, Any], _Config], None]
 
 
+def only_filters(config: Mapping[str, Any], api: Api) -> bool:
+    """Whether `translate_config(config, api)` only keeps `api`'s own keys (translates and logs
+    nothing), so its answer for a prompt's config can be kept."""
+    return _TRIGGERS[api].isdisjoint(config)
+
+
 def translate_config(config: Mapping[str, Any], api: Api) -> dict[str, Any]:
     """The parameters of `api` ("chat" or "responses") that `config` sets, in that API's form."""
     own = _OWN[api]
     out = {key: value for key, value in config.items() if key in own}
-    if _TRIGGERS[api].isdisjoint(config):  # the usual case: nothing to translate
+    if only_filters(config, api):  # the usual case: nothing to translate
         return out
     foreign = [key for key in config if key in _FOREIGN[api]]
     if not foreign and not _needs_tool_rewrite(config.get("tools"), config.get("tool_choice"), api):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 from ._json import unsendable
@@ -40,6 +39,16 @@ _CLOSE = "}}"
 _Pieces = tuple[tuple[tuple[str, str, str], ...], str]
 
 
+# References that passed `PromptRef.checked`, by their exact values: most requests name one of
+# a few prompts, and building a frozen dataclass costs more than looking one up. Only plain types
+# (True == 1, so a bool version must never find the ref of version 1) and bounded text.
+_CHECKED: dict[tuple[Any, Any, Any], PromptRef] = {}
+_MEMO_SIZE = 1024
+_MEMO_TEXT = 256
+_PLAIN_VERSION = (int, type(None))
+_PLAIN_LABEL = (str, type(None))
+
+
 @dataclass(frozen=True, slots=True)
 class PromptRef:
     """Which prompt a request asks for. With neither version nor label, the `production` label."""
@@ -64,6 +73,19 @@ class PromptRef:
         non-empty text that can travel as UTF-8 (no lone surrogates), a version a positive
         integer, and version and label are not given together.
         """
+        key = (name, version, label)
+        memo = (
+            cls is PromptRef
+            and name.__class__ is str
+            and version.__class__ in _PLAIN_VERSION
+            and label.__class__ in _PLAIN_LABEL
+            and len(name) <= _MEMO_TEXT
+            and (label is None or len(label) <= _MEMO_TEXT)
+        )
+        if memo:
+            known = _CHECKED.get(key)
+            if known is not None:  # these exact values passed the checks below before
+                return known
         require_text(name, name_param)
         if version is not None and (
             isinstance(version, bool) or not isinstance(version, int) or version < 1
@@ -77,7 +99,12 @@ class PromptRef:
                 raise InvalidPromptRequest(
                     "Give prompt_version or prompt_label, not both.", param="prompt_label"
                 )
-        return cls(name, version, label)
+        ref = cls(name, version, label)
+        if memo:
+            if len(_CHECKED) >= _MEMO_SIZE:
+                _CHECKED.clear()
+            _CHECKED[key] = ref
+        return ref
 
     @property
     def effective_label(self) -> str | None:
@@ -138,6 +165,9 @@ class Prompt:
     tags: tuple[str, ...] = ()
     engine: TemplateEngine | None = None
     source: str | None = field(default=None, compare=False)
+    # What every request would derive from this version alike (split templates, config in each
+    # API's form), derived once: a warm rewrite then only fills in the request's values.
+    _derived: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         what = f"prompt {self.name!r}"
@@ -220,23 +250,25 @@ class Prompt:
         if placeholders:
             values = {**values, **placeholders}
         missing: dict[str, None] = {}
-        if isinstance(self.prompt, str):
-            text = _fill(_split_cached(self.prompt), values, missing)
+        plan = self._derived.get(_PLAN)
+        if plan is None:
+            plan = self._derived[_PLAN] = _plan(self.prompt)
+        if isinstance(self.prompt, str):  # `plan` is its template's pieces
+            text = _fill(plan, values, missing)
             return CompiledPrompt([{"role": text_role, "content": text}], tuple(missing))
 
         messages: list[dict[str, Any]] = []
         unfilled: list[tuple[int, str]] = []
-        for entry in self.prompt:
-            if entry.get("type") == "placeholder":
-                name = entry["name"]
-                if name not in values:
-                    unfilled.append((len(messages), name))
+        for role, pieces in plan:
+            if role is None:  # a placeholder: `pieces` is its name
+                if pieces not in values:
+                    unfilled.append((len(messages), pieces))
                     continue
-                filled = values[name]
-                messages.extend(_placeholder_messages(name, filled, values, missing))
+                filled = values[pieces]
+                messages.extend(_placeholder_messages(pieces, filled, values, missing))
             else:
-                content = _fill(_split_cached(entry["content"]), values, missing)
-                messages.append({"role": entry["role"], "content": content})
+                content = _fill(pieces, values, missing)
+                messages.append({"role": role, "content": content})
         return CompiledPrompt(messages, tuple(missing), tuple(unfilled))
 
 
@@ -277,8 +309,20 @@ def _split(template: str) -> _Pieces:
     return tuple(holes), template[pos:]
 
 
-# A prompt's own templates come back on every request: split each once.
-_split_cached = lru_cache(maxsize=1024)(_split)
+_PLAN = "plan"
+
+
+def _plan(prompt: str | tuple[Mapping[str, Any], ...]) -> Any:
+    """A text template's pieces; for a chat prompt, (role, pieces) per message and (None, name)
+    per placeholder."""
+    if isinstance(prompt, str):
+        return _split(prompt)
+    return tuple(
+        (None, entry["name"])
+        if entry.get("type") == "placeholder"
+        else (entry["role"], _split(entry["content"]))
+        for entry in prompt
+    )
 
 
 def _fill(pieces: _Pieces, variables: Mapping[str, Any], missing: dict[str, None] | None) -> str:

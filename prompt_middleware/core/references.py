@@ -46,6 +46,7 @@ CREDENTIAL_FIELDS = (
     "langfuse_host",
 )
 STRIPPED_FIELDS = frozenset((*PROMPT_FIELDS, *CREDENTIAL_FIELDS))
+_CREDENTIAL_SET = frozenset(CREDENTIAL_FIELDS)
 # Top-level fields whose value decides the rewrite; repeating one is refused.
 _READ_FIELDS = frozenset((*STRIPPED_FIELDS, "prompt"))
 _NAMES_OUR_FIELDS = re.compile(rb'"(?:prompt_|langfuse_)')
@@ -197,7 +198,13 @@ def _read_prompt_fields(
     body: Mapping[str, Any], credentials: Credentials | None
 ) -> PromptRequest | None:
     """LiteLLM's shape: `prompt_id` and its companions (any of them present counts)."""
-    if all(body.get(name) is None for name in PROMPT_FIELDS):
+    get = body.get
+    if (
+        get("prompt_id") is None
+        and get("prompt_variables") is None
+        and get("prompt_version") is None
+        and get("prompt_label") is None
+    ):
         return None
     ref = PromptRef.checked(
         body.get("prompt_id"), body.get("prompt_version"), body.get("prompt_label")
@@ -212,6 +219,8 @@ def _read_model_alias(
     credentials: Credentials | None,
 ) -> PromptRequest | None:
     """A `model` bound to a prompt, unless the body names its own `prompt_id`."""
+    if not model_prompts:
+        return None
     model = body.get("model")
     bound = model_prompts.get(model) if isinstance(model, str) else None
     if bound is None or body.get("prompt_id") is not None:
@@ -288,6 +297,8 @@ def _object(value: Any, param: str) -> dict[str, Any]:
 
 
 def _read_credentials(body: Mapping[str, Any], allowed: bool) -> Credentials | None:
+    if _CREDENTIAL_SET.isdisjoint(body):  # the usual body: no credential field at all
+        return None
     sent = [f for f in CREDENTIAL_FIELDS if body.get(f) is not None]
     if not sent:
         return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._json import dump_json, finite
-from .dialects import Api, translate_config
+from .dialects import Api, only_filters, translate_config
 from .errors import InvalidPromptRequest, InvalidPromptVariables, MissingVariables
 from .prompts import Prompt
 from .references import PART_MARKER, STRIPPED_FIELDS, ModelPrompt, Part, PromptRequest
@@ -79,14 +79,15 @@ def build_messages(
     compiled = prompt.compile_result(request.variables, text_role=options.text_role)
     messages = compiled.messages
     client = client_messages if isinstance(client_messages, list) and client_messages else None
-    unfilled = [name for _, name in compiled.placeholders]
-    if client is not None and len(compiled.placeholders) == 1:
+    unfilled = compiled.placeholders
+    if client is not None and len(unfilled) == 1:
         # The usual shape: system prompt from the registry, conversation from the client.
-        index = compiled.placeholders[0][0]
+        index = unfilled[0][0]
         messages = [*messages[:index], *client, *messages[index:]]
-        unfilled, client = [], None
+        unfilled, client = (), None
     if options.strict_variables and (compiled.missing_variables or unfilled):
-        raise MissingVariables(prompt.name, compiled.missing_variables, unfilled)
+        names = [name for _, name in unfilled]
+        raise MissingVariables(prompt.name, compiled.missing_variables, names)
     if client is not None and options.client_messages == "append":
         messages = [*messages, *client]
     return messages
@@ -148,16 +149,42 @@ def _apply_model_and_config(
         body["model"] = model[len(MODEL_PREFIX) :]
     if bound is not None and bound.model:
         body["model"] = bound.model
-    if prompt.model:
-        body["model"] = prompt.model
-    for key, value in translate_config(prompt.config, api).items():
+    model_override = prompt.model
+    if model_override:
+        body["model"] = model_override
+    for key, value, sendable in _config_params(prompt, api):
         if key not in body:
-            finite(value)
+            if not sendable:
+                finite(value)  # raises
             body[key] = value
 
 
+def _config_params(prompt: Prompt, api: Api) -> tuple[tuple[str, Any, bool], ...]:
+    """The parameters `prompt`'s config sets for `api`, each with whether JSON can carry it;
+    kept on the prompt unless translating them logs (then that happens on every request)."""
+    params: tuple[tuple[str, Any, bool], ...] | None = prompt._derived.get(api)
+    if params is None:
+        params = tuple(
+            (key, value, _sendable(value))
+            for key, value in translate_config(prompt.config, api).items()
+        )
+        if only_filters(prompt.config, api):
+            prompt._derived[api] = params
+    return params
+
+
+def _sendable(value: Any) -> bool:
+    try:
+        finite(value)
+    except InvalidPromptRequest:
+        return False
+    return True
+
+
 def _without_prompt_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in body.items() if k not in STRIPPED_FIELDS}
+    out = dict(body)  # the kept fields in their order; deleting the few others is cheaper
+    for key in STRIPPED_FIELDS.intersection(out):
+        del out[key]
     if isinstance(out.get("prompt"), dict):
         del out["prompt"]
     return out
