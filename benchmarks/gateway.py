@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _procs import free_port, pinned, stop
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, PROMPT_NAME, body_for, make_prompt
 
@@ -113,16 +114,6 @@ class Sample:
     errors: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(core: int | None, argv: list[str]) -> list[str]:
-    return argv if core is None else ["taskset", "-c", str(core), *argv]
-
-
 def wait_ready(target: Target, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -155,16 +146,7 @@ def running(targets: list[Target], cores: dict[str, int | None]) -> Iterator[Non
             wait_ready(target)
         yield
     finally:
-        for target in targets:
-            if target.proc is not None and target.proc.poll() is None:
-                target.proc.terminate()
-        for target in targets:
-            if target.proc is not None:
-                try:
-                    target.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    target.proc.kill()
-                    target.proc.wait()
+        stop(target.proc for target in targets)
 
 
 def request(target: Target, body: bytes, chunks: int = 20) -> tuple[int, dict[str, str], bytes]:

@@ -40,6 +40,7 @@ from typing import Any
 
 import anyio
 import httpx
+from _procs import free_port, pinned, stop
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, OnceReceive, body_for, http_scope, make_prompt, sink_send
 
@@ -93,18 +94,6 @@ class Target:
     server: Process  # the process wrk talks to
     body: bytes
     samples: list[Sample] = field(default_factory=list)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(core: int | None, argv: list[str]) -> list[str]:
-    return argv if core is None else ["taskset", "-c", str(core), *argv]
 
 
 def write_gateway(tmp: Path, upstream_port: int, keys: int) -> Path:
@@ -168,13 +157,7 @@ def servers(tmp: Path, core: int | None, keys: int) -> Iterator[tuple[Process, P
             wait_ready(process)
         yield upstream, gateway, flags
     finally:
-        for process in started:
-            process.proc.terminate()
-        for process in started:
-            try:
-                process.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                process.proc.kill()
+        stop((process.proc for process in started), grace=15)
 
 
 def wait_ready(process: Process, timeout: float = 30.0) -> None:

@@ -23,9 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from _procs import free_port
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import body_for
-from server import LUA, Server, check, free_port, run_wrk, running
+from server import LUA, Server, check, run_wrk, running
 
 NAMES = ("bare", "off", "on")
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _procs import free_port, pinned, stop
 from _report import Spread, machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, body_for
 
@@ -111,16 +112,6 @@ class ScenarioResult:
         }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pinned(core: int | None, argv: list[str]) -> list[str]:
-    return argv if core is None else ["taskset", "-c", str(core), *argv]
-
-
 @contextlib.contextmanager
 def running(servers: list[Server], core: int | None, http_impl: str) -> Iterator[None]:
     try:
@@ -149,16 +140,7 @@ def running(servers: list[Server], core: int | None, http_impl: str) -> Iterator
             wait_ready(server)
         yield
     finally:
-        for server in servers:
-            if server.proc is not None and server.proc.poll() is None:
-                server.proc.terminate()
-        for server in servers:
-            if server.proc is not None:
-                try:
-                    server.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    server.proc.kill()
-                    server.proc.wait()
+        stop(server.proc for server in servers)
 
 
 def wait_ready(server: Server, timeout: float = 20.0) -> None:
