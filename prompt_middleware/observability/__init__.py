@@ -363,6 +363,17 @@ class _Request:
         self.outcome: str | None = None
 
 
+def _status_to(record: _Request, send: Send) -> Send:
+    """`send`, noting the response's status in `record` for the access line."""
+
+    async def observed_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            record.status = message["status"]
+        await send(message)
+
+    return observed_send
+
+
 def _outcome(error: BaseException | None, prompt: Any) -> str:
     if error is not None:
         return error.code if isinstance(error, PromptMiddlewareError) else "error"
@@ -438,14 +449,7 @@ class Observer:
         if not whole and self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
             # Only the access line reads the status: no wrapper (one more await per message)
             # when there is none, or when `request` around this one reads it.
-            inner = send
-
-            async def observed_send(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    record.status = message["status"]
-                await inner(message)
-
-            send = observed_send
+            send = _status_to(record, send)
 
         reset = _request.set(record)
         try:
@@ -471,16 +475,9 @@ class Observer:
             await handle(scope, receive, send)
             return
         record = _Request(whole=True)
-        inner = send
-
-        async def observed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await inner(message)
-
         reset = _request.set(record)
         try:
-            await handle(scope, receive, observed_send)
+            await handle(scope, receive, _status_to(record, send))
         except BaseException as exc:
             record.error = record.error or exc
             raise
