@@ -1,4 +1,4 @@
-"""Server processes for the benchmarks: a free port, pinning to a core, a clean stop."""
+"""Processes for the benchmarks: a free port, pinning to a core, a clean stop, a wrk run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 import subprocess
 from collections.abc import Iterable
 
-__all__ = ["free_port", "pinned", "stop"]
+__all__ = ["free_port", "pinned", "stop", "wrk_numbers"]
 
 
 def free_port() -> int:
@@ -32,3 +32,17 @@ def stop(processes: Iterable[subprocess.Popen[bytes] | None], grace: float = 10.
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wrk_numbers(
+    argv: list[str], *, core: int | None, env: dict[str, str], timeout: float
+) -> list[int]:
+    """Run wrk (`argv`, pinned to `core`) with a script whose `done` prints one line
+    `BENCH n n ...`; that line's numbers. `RuntimeError` if wrk fails or prints none."""
+    out = subprocess.run(
+        pinned(core, argv), check=False, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    return [int(x) for x in line.split()[1:]]

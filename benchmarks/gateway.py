@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _procs import free_port, pinned, stop
+from _procs import free_port, pinned, stop, wrk_numbers
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, PROMPT_NAME, body_for, make_prompt
 
@@ -203,19 +203,9 @@ def run_wrk(
         target.url,
     ]
     before = target.cpu_seconds()
-    out = subprocess.run(
-        pinned(core, argv),
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    )
+    numbers = wrk_numbers(argv, core=core, env=env, timeout=seconds + 60)
     after = target.cpu_seconds()
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
-    requests, duration_us, *errors, p50_us, p99_us = (int(x) for x in line.split()[1:])
+    requests, duration_us, *errors, p50_us, p99_us = numbers
     return Sample(
         rps=requests / (duration_us / 1e6),
         cpu_us=(after - before) / max(requests, 1) * 1e6,

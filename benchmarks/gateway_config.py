@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 import httpx
-from _procs import free_port, pinned, stop
+from _procs import free_port, pinned, stop, wrk_numbers
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, OnceReceive, body_for, http_scope, make_prompt, sink_send
 
@@ -206,15 +206,9 @@ def run_wrk(target: Target, upstream: Process, tmp: Path, seconds: int, core: in
         url,
     ]
     g0, u0 = gateway.cpu_seconds(), upstream.cpu_seconds()
-    out = subprocess.run(
-        pinned(core, argv), check=False, env=env, capture_output=True, text=True,
-        timeout=seconds + 30,
-    )  # fmt: skip
+    numbers = wrk_numbers(argv, core=core, env=env, timeout=seconds + 30)
     g1, u1 = gateway.cpu_seconds(), upstream.cpu_seconds()
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
-    requests, duration_us, *errors, p50, p99 = (int(x) for x in line.split()[1:])
+    requests, duration_us, *errors, p50, p99 = numbers
     if requests == 0 or any(errors):
         raise RuntimeError(f"wrk against {target.name}: {requests} requests, errors {errors}")
     return Sample(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _procs import free_port, pinned, stop
+from _procs import free_port, pinned, stop, wrk_numbers
 from _report import Spread, machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, body_for
 
@@ -178,19 +178,9 @@ def run_wrk(server: Server, lua: Path, body_file: Path, seconds: int, core: int 
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
     argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(lua), server.url]
     before = server.cpu_seconds()
-    out = subprocess.run(
-        pinned(core, argv),
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-    )
+    numbers = wrk_numbers(argv, core=core, env=env, timeout=seconds + 30)
     after = server.cpu_seconds()
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if out.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
-    requests, duration_us, *errors, p50_us = (int(x) for x in line.split()[1:])
+    requests, duration_us, *errors, p50_us = numbers
     if requests == 0 or any(errors):
         raise RuntimeError(f"wrk against {server.name}: {requests} requests, errors {errors}")
     return Sample(
