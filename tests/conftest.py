@@ -15,12 +15,12 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["httpx", "aiohttp"])
+@pytest.fixture(params=["httpx", "aiohttp", "httptools"])
 def transport(request: pytest.FixtureRequest, anyio_backend: str) -> str:
-    """`UpstreamProxy(transport=...)` for a proxy run in the test's own event loop: both
-    clients on asyncio; aiohttp runs on asyncio only, so trio has the httpx one."""
-    if request.param == "aiohttp" and anyio_backend != "asyncio":
-        pytest.skip("aiohttp runs on asyncio only")
+    """`UpstreamProxy(transport=...)` for a proxy run in the test's own event loop: every
+    client on asyncio; aiohttp and httptools run on asyncio only, so trio has the httpx one."""
+    if request.param != "httpx" and anyio_backend != "asyncio":
+        pytest.skip(f"{request.param} runs on asyncio only")
     return str(request.param)
 
 

@@ -168,7 +168,7 @@ def upstream() -> Iterator[tuple[str, FakeOpenAI]]:
         yield url, app
 
 
-@pytest.fixture(scope="module", params=["httpx", "aiohttp"])
+@pytest.fixture(scope="module", params=["httpx", "aiohttp", "httptools"])
 def proxy_url(upstream: tuple[str, FakeOpenAI], request: pytest.FixtureRequest) -> Iterator[str]:
     """The proxy served by uvicorn (so on asyncio), with each of its clients."""
     proxy = UpstreamProxy(upstream[0] + "/v1", transport=request.param)

@@ -40,14 +40,14 @@ def upstream() -> Iterator[tuple[CaptureApp, str]]:
         yield app, url
 
 
-async def test_auto_picks_aiohttp_on_asyncio_and_httpx_on_trio(
+async def test_auto_picks_httptools_on_asyncio_and_httpx_on_trio(
     upstream: tuple[CaptureApp, str], anyio_backend: str
 ) -> None:
     _, url = upstream
     async with UpstreamProxy(url) as proxy, asgi_client(proxy, run_lifespan=False) as client:
         assert (await client.get("/v1/models")).status_code == 200
         assert proxy._transport is not None
-        assert proxy._transport.name == ("aiohttp" if anyio_backend == "asyncio" else "httpx")
+        assert proxy._transport.name == ("httptools" if anyio_backend == "asyncio" else "httpx")
 
 
 async def test_a_callers_client_is_always_httpx(
@@ -104,16 +104,17 @@ async def test_the_client_follows_http_proxy_from_the_environment(
     assert response.status_code == 502
 
 
-async def test_aiohttp_is_refused_with_a_callers_httpx_client() -> None:
-    with pytest.raises(ValueError, match="transport='httpx'"):
-        UpstreamProxy("http://h", client=httpx.AsyncClient(), transport="aiohttp")
+async def test_an_asyncio_client_is_refused_with_a_callers_httpx_client() -> None:
+    for name in ("aiohttp", "httptools"):
+        with pytest.raises(ValueError, match="transport='httpx'"):
+            UpstreamProxy("http://h", client=httpx.AsyncClient(), transport=name)
     with pytest.raises(ValueError, match="transport"):
         UpstreamProxy("http://h", transport="curl")  # type: ignore[arg-type]
 
 
 def test_server_stack_names_the_parts_installed() -> None:
     # The test environment installs the server extra: all the fast parts.
-    assert server_stack() == "uvicorn (httptools, uvloop), upstream client aiohttp"
+    assert server_stack() == "uvicorn (httptools, uvloop), upstream client httptools"
 
 
 async def test_client_gone_while_the_body_streams_answers_nothing(

@@ -18,7 +18,6 @@ written (aiohttp writes the body and waits for the response head at the same tim
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import aiohttp
@@ -26,7 +25,7 @@ import httpx
 from multidict import CIMultiDict
 from yarl import URL
 
-from ._transport import Headers, UpstreamResponse
+from ._transport import AsyncioSlots, Headers, ProxyLookup, UpstreamResponse
 
 __all__ = ["AiohttpTransport"]
 
@@ -60,11 +59,10 @@ class AiohttpTransport:
                 total=None, sock_connect=timeout.connect, sock_read=timeout.read
             ),
         )
-        max_connections = limits.max_connections
-        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
-        self._pool_timeout = timeout.pool
-        self._trust_env = trust_env
-        self._proxies: dict[tuple[str, str], str | None] = {}
+        most = limits.max_connections
+        self._slots = AsyncioSlots(most, timeout.pool) if most else None
+        # aiohttp's own trust_env is off (above); the proxy is looked up here instead.
+        self._proxy_for = ProxyLookup() if trust_env else None
 
     @property
     def closed(self) -> bool:
@@ -81,7 +79,8 @@ class AiohttpTransport:
     ) -> UpstreamResponse:
         slots = self._slots
         if slots is not None:
-            await self._acquire(slots)
+            await slots.acquire()
+        proxy_for = self._proxy_for
         try:
             response = await self._session.request(
                 method,
@@ -92,7 +91,7 @@ class AiohttpTransport:
                 ),
                 data=content or None,  # b"": no body, and no content-length: 0 (as httpx)
                 allow_redirects=False,
-                proxy=self._proxy_for(url) if self._trust_env else None,
+                proxy=None if proxy_for is None else proxy_for(url),
             )
         except BaseException as exc:
             if slots is not None:
@@ -102,27 +101,6 @@ class AiohttpTransport:
             raise
         return _AiohttpResponse(response, slots)
 
-    def _proxy_for(self, url: httpx.URL) -> str | None:
-        key = (url.scheme, url.host)
-        try:
-            return self._proxies[key]
-        except KeyError:
-            pass
-        proxy = None
-        if not urllib.request.proxy_bypass(url.host):
-            proxy = urllib.request.getproxies().get(url.scheme)
-        self._proxies[key] = proxy
-        return proxy
-
-    async def _acquire(self, slots: asyncio.Semaphore) -> None:
-        if not slots.locked():
-            await slots.acquire()  # returns at once
-            return
-        try:
-            await asyncio.wait_for(slots.acquire(), self._pool_timeout)
-        except asyncio.TimeoutError:
-            raise httpx.PoolTimeout("no upstream connection was free in time") from None
-
     async def aclose(self) -> None:
         await self._session.close()
 
@@ -130,7 +108,7 @@ class AiohttpTransport:
 class _AiohttpResponse:
     __slots__ = ("_content", "_response", "_slots", "headers", "raw_headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, slots: asyncio.Semaphore | None) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, slots: AsyncioSlots | None) -> None:
         self._response = response
         self._content = response.content
         self._slots = slots

@@ -1,14 +1,17 @@
-"""How `UpstreamProxy` talks to its upstream: one small interface, two HTTP clients behind it.
+"""How `UpstreamProxy` talks to its upstream: one small interface, three HTTP clients behind it.
 
-* `HttpxTransport` (`_httpx.py`; httpx, the default dependency): any anyio backend, asyncio or
-  trio, and the only choice with a caller's own `httpx.AsyncClient`.
+* `HttptoolsTransport` (`_httptools.py`, needs httptools: the `server` extra): asyncio only. An
+  HTTP/1.1 client of our own on asyncio's protocols and httptools' parser, doing only what a
+  proxy needs; the cheapest per request (benchmarks/README.md).
 * `AiohttpTransport` (`_aiohttp.py`, the `aiohttp` extra): asyncio only. Under load it costs a
   fraction of httpx's CPU per request, and its cost does not grow with the number of pooled
   connections (httpcore walks every pooled connection, with a socket poll each, on every request
   and every release; see benchmarks/README.md).
+* `HttpxTransport` (`_httpx.py`; httpx, the default dependency): any anyio backend, asyncio or
+  trio, and the only choice with a caller's own `httpx.AsyncClient`.
 
-`choose()` picks per running backend: aiohttp when the proxy runs on asyncio and aiohttp is
-installed (as under uvicorn), else httpx. Both raise the same `httpx.TransportError` subclasses,
+`choose()` picks per running backend (`auto_name`): on asyncio httptools, else aiohttp, when
+installed (as under uvicorn), else httpx. All raise the same `httpx.TransportError` subclasses,
 so that errors map to the same statuses and messages whichever client sent the request.
 """
 
@@ -16,22 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any, Literal, Protocol
 
 import httpx
 
 __all__ = [
+    "AsyncioSlots",
     "Headers",
+    "ProxyLookup",
     "Transport",
     "TransportName",
     "UpstreamResponse",
     "aiohttp_available",
+    "auto_name",
     "choose",
+    "httptools_available",
     "on_asyncio",
 ]
 
-TransportName = Literal["auto", "httpx", "aiohttp"]
+TransportName = Literal["auto", "httpx", "aiohttp", "httptools"]
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -40,8 +48,11 @@ class UpstreamResponse(Protocol):
 
     status: int
     raw_headers: Headers
-    # Case-insensitive `.get(name, default)`, for the observability hooks.
-    headers: Mapping[str, str]
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Case-insensitive `.get(name, default)`, for the proxy and the observability hooks."""
+        ...
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it comes off the wire: de-chunked, never decompressed."""
@@ -82,6 +93,19 @@ def aiohttp_available() -> bool:
     return importlib.util.find_spec("aiohttp") is not None
 
 
+def httptools_available() -> bool:
+    return importlib.util.find_spec("httptools") is not None
+
+
+def auto_name(*, asyncio: bool) -> Literal["httpx", "aiohttp", "httptools"]:
+    """What "auto" picks: the cheapest client installed that runs on the backend."""
+    if asyncio and httptools_available():
+        return "httptools"
+    if asyncio and aiohttp_available():
+        return "aiohttp"
+    return "httpx"
+
+
 def on_asyncio() -> bool:
     """Whether an asyncio event loop runs this thread (False under trio)."""
     try:
@@ -99,9 +123,13 @@ def choose(
     trust_env: bool,
     extensions: dict[str, Any],
 ) -> Transport:
-    """A new transport of this name; "auto": aiohttp on asyncio when installed, else httpx."""
+    """A new transport of this name ("auto": `auto_name` for the running backend)."""
     if name == "auto":
-        name = "aiohttp" if on_asyncio() and aiohttp_available() else "httpx"
+        name = auto_name(asyncio=on_asyncio())
+    if name == "httptools":
+        from ._httptools import HttptoolsTransport
+
+        return HttptoolsTransport(timeout=timeout, limits=limits, trust_env=trust_env)
     if name == "aiohttp":
         from ._aiohttp import AiohttpTransport
 
@@ -111,3 +139,55 @@ def choose(
     return HttpxTransport.owned(
         timeout=timeout, limits=limits, trust_env=trust_env, extensions=extensions
     )
+
+
+class AsyncioSlots:
+    """`max_connections` as slots of the transport's own (asyncio transports).
+
+    Held from before a connection is taken until its response is released; waiting longer
+    than the pool timeout for one is `httpx.PoolTimeout`. The client below is unbounded, so it
+    never queues a request where a cancellation could strand a slot.
+    """
+
+    __slots__ = ("_semaphore", "_timeout")
+
+    def __init__(self, most: int, timeout: float | None) -> None:
+        self._semaphore = asyncio.Semaphore(most)
+        self._timeout = timeout
+
+    async def acquire(self) -> None:
+        semaphore = self._semaphore
+        if not semaphore.locked():
+            await semaphore.acquire()  # returns at once
+            return
+        try:
+            await asyncio.wait_for(semaphore.acquire(), self._timeout)
+        except asyncio.TimeoutError:
+            raise httpx.PoolTimeout("no upstream connection was free in time") from None
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+
+class ProxyLookup:
+    """The `HTTP(S)_PROXY` for a URL, honouring `NO_PROXY`, looked up once per scheme and host.
+
+    (urllib reads the environment on every call; a gateway sends to the same few hosts.)
+    """
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    def __call__(self, url: httpx.URL) -> str | None:
+        key = (url.scheme, url.host)
+        try:
+            return self._known[key]
+        except KeyError:
+            pass
+        proxy = None
+        if not urllib.request.proxy_bypass(url.host):
+            proxy = urllib.request.getproxies().get(url.scheme)
+        self._known[key] = proxy
+        return proxy

@@ -160,9 +160,11 @@ class UpstreamProxy:
         url, basic = split_credentials(url, headers)
         self._base_url = url
         self._base_raw_path = url.raw_path.decode("ascii").rstrip("/")
-        if transport not in ("auto", "httpx", "aiohttp"):
-            raise ValueError(f"transport must be auto, httpx or aiohttp, got {transport!r}")
-        if client is not None and transport == "aiohttp":
+        if transport not in ("auto", "httpx", "aiohttp", "httptools"):
+            raise ValueError(
+                f"transport must be auto, httpx, aiohttp or httptools, got {transport!r}"
+            )
+        if client is not None and transport not in ("auto", "httpx"):
             raise ValueError("client= is an httpx.AsyncClient: it needs transport='httpx'")
         self._client = client
         self._transport: Transport | None = None
