@@ -417,6 +417,10 @@ class _Connection(asyncio.Protocol):
 
     # httptools' parser callbacks.
 
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request: the connection is out of step
+            self._keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._complete:  # trailers, or bytes after the answer: nothing to pass on
             return
