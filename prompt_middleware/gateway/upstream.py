@@ -123,21 +123,25 @@ class UpstreamProxy:
       model stops generating (and billing) for nobody.
     * **Client.** One pooled HTTP client per proxy, created on first use with `DEFAULT_LIMITS`,
       no cookie storage, no redirect following, `trust_env` as given (so `HTTPS_PROXY` works
-      for egress). `transport="auto"` (the default) picks aiohttp when the proxy runs on
-      asyncio and aiohttp is installed (the `aiohttp` extra, part of `server`), else httpx;
-      `"httpx"` or `"aiohttp"` forces one. Both behave alike and map failures alike; aiohttp
-      costs a fraction of httpx's CPU per request under concurrency (docs/performance.md).
-      `max_connections` is enforced by the proxy itself (the pool timeout is waiting for one of
-      its slots), so a burst of cancelled requests cannot strand httpcore's pool slots. The
-      client is closed by `aclose()` or on ASGI lifespan shutdown; a later request opens a new
-      one. Mounted inside another app, which may not pass lifespan on, close it from that app's
-      lifespan. A `client=` you pass (an `httpx.AsyncClient`) is used as is (its `headers`,
-      limits and pool are its own: use `headers=`) and never closed by the proxy.
+      for egress). `transport="auto"` (the default) picks, on asyncio, the proxy's own HTTP/1.1
+      client when httptools is installed (part of the `server` extra), else aiohttp when
+      installed, else httpx; on trio, httpx. `"httpx"`, `"aiohttp"` or `"httptools"` forces
+      one. All behave alike and map failures alike; the httptools client costs the least CPU
+      per request and httpx the most (docs/performance.md). The httptools client speaks only to
+      the upstream itself: a request an `HTTP(S)_PROXY` applies to is sent with aiohttp (or
+      httpx). `max_connections` is enforced by the proxy itself (the pool timeout is waiting
+      for one of its slots), so a burst of cancelled requests cannot strand httpcore's pool
+      slots. The client is closed by `aclose()` or on ASGI lifespan shutdown; a later request
+      opens a new one. Mounted inside another app, which may not pass lifespan on, close it
+      from that app's lifespan. A `client=` you pass (an `httpx.AsyncClient`) is used as is
+      (its `headers`, limits and pool are its own: use `headers=`) and never closed by the
+      proxy.
     * **Timeouts.** `timeout` is an `httpx.Timeout`, or a number (or None for no limit) that sets
       the read timeout and keeps `DEFAULT_TIMEOUT`'s connect/write/pool values. Left at the
       default with your own `client=`, that client's timeout applies. aiohttp enforces the
       connect and read timeouts; it has no write timeout (a stalled upload is bounded by the
-      read timeout, which runs while the body is written).
+      read timeout, which runs while the body is written); httpx and the httptools client
+      enforce all four.
     """
 
     def __init__(
