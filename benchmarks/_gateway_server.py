@@ -44,7 +44,11 @@ def main() -> None:
         from prompt_middleware import observability
 
         observability.configure_logging("info", "text")
-    app = build_app(load_config(args.config, {}))
+    config = load_config(args.config, {})
+    try:
+        app = build_app(config, own_process=True)
+    except TypeError:  # a version before server.gc_threshold
+        app = build_app(config)
     if args.gc:
         import gc
 

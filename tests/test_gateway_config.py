@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -262,6 +264,7 @@ ERRORS = [
     ("server: {port: [\n", "gateway.yaml: invalid YAML at line 4"),
     ("server: {body_timeout: 0}\n", "server.body_timeout: expected a number above 0, got 0"),
     ("server: {body_timeout: soon}\n", "server.body_timeout: expected a number above 0"),
+    ("server: {gc_threshold: -1}\n", "server.gc_threshold: expected an integer of at least 0"),
     ("cache: {negative_max_size: 0}\n", "cache.negative_max_size: expected an integer of at"),
     ("cache: {negative_max_size: 2.5}\n", "cache.negative_max_size: expected an integer"),
     (
@@ -527,3 +530,49 @@ def test_real_cli_startup_line_masks_userinfo(folder: Path) -> None:
     assert "Langfuse at http://127.0.0.1:9" in startup[0]
     assert "http://127.0.0.1:9/v1" in startup[0]
     assert PASSWORD not in "\n".join(gateway.log)
+
+
+_COLLECTOR = """
+import gc, json, sys
+import anyio
+from prompt_middleware.gateway.app import build_app
+from prompt_middleware.gateway.config import load_config
+from prompt_middleware.testing import asgi_client
+
+async def main() -> None:
+    app = build_app(load_config(sys.argv[1]), own_process=sys.argv[2] == "own")
+    before = gc.get_threshold()[0]
+    async with asgi_client(app):
+        pass
+    print(json.dumps([before, gc.get_threshold()[0], gc.get_freeze_count() > 0]))
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize(
+    ("server", "process", "expected"),
+    [
+        ("{}", "own", [700, 10_000, True]),
+        ("{gc_threshold: 50000}", "own", [700, 50_000, True]),
+        ("{gc_threshold: 0}", "own", [700, 700, False]),
+        ("{}", "embedded", [700, 700, False]),
+    ],
+)
+def test_the_collector_is_set_once_a_gateway_that_owns_its_process_has_started(
+    folder: Path, server: str, process: str, expected: list[object]
+) -> None:
+    """`serve` (own_process) freezes what startup built and spaces out young collections;
+    a gateway built into another program leaves that program's collector alone. Run in a
+    child process, whose collector the test can look at without changing its own."""
+    (folder / "none").mkdir()
+    text = f"registry: {{files: {folder / 'none'}}}\nupstreams: {{a: {{base_url: echo}}}}\n"
+    config = _write(folder, f"{text}server: {server}\n")
+    result = subprocess.run(
+        [sys.executable, "-c", _COLLECTOR, str(config), process],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(result.stdout) == expected

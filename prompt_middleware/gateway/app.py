@@ -47,6 +47,7 @@ from ..registries.coherence import Coherence
 from ..registries.fallback import FallbackRegistry
 from ..registries.files import FileRegistry
 from ..registries.langfuse import LangfuseRegistry
+from ._gc import settle_collector
 from ._logsafe import redact_uvicorn_access_log
 from .config import ECHO, ConfigError, GatewayConfig, UpstreamConfig, load_config
 from .echo import EchoUpstream
@@ -182,8 +183,10 @@ class GatewayApp:
         coherence: Coherence | None = None,
         webhook_path: str | None = None,
         observe: GatewayObservability | None = None,
+        gc_threshold: int = 0,
     ) -> None:
         self.middleware = middleware
+        self._gc_threshold = gc_threshold
         self.observe = observe
         self._metrics = observe.metrics_app if observe is not None else None
         self._metrics_path = observe.metrics_path if observe is not None else None
@@ -360,6 +363,7 @@ class GatewayApp:
                     if self.observe is not None:
                         self.observe.start()
                     background.start(task_group)
+                    settle_collector(self._gc_threshold)
                 elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                     # Before the server may exit: it stops the event loop once told.
                     await background.stop()
@@ -468,8 +472,12 @@ def _invalid_key() -> InvalidApiKey:
 # Building
 
 
-def build_app(config: GatewayConfig) -> GatewayApp:
-    """The gateway `config` describes. `ConfigError` for what only shows when building."""
+def build_app(config: GatewayConfig, *, own_process: bool = False) -> GatewayApp:
+    """The gateway `config` describes. `ConfigError` for what only shows when building.
+
+    `own_process`: the gateway is all the process runs (as under `serve`), so once started it
+    may set the process's garbage collector (`server.gc_threshold`, `_gc.py`).
+    """
     # The gateway runs under uvicorn, whose access line shows the query: keep its values out.
     redact_uvicorn_access_log()
     registry = _registry(config)
@@ -525,6 +533,7 @@ def build_app(config: GatewayConfig) -> GatewayApp:
         coherence=_coherence(config, middleware),
         webhook_path=webhook.path if webhook is not None else None,
         observe=GatewayObservability(config),
+        gc_threshold=config.server.gc_threshold if own_process else 0,
     )
 
 
@@ -614,4 +623,4 @@ def create_app() -> GatewayApp:
         raise RuntimeError(message) from None
     config = load_config(spec["config"], spec["overrides"])
     observability.configure_logging(config.server.log_level, config.server.log_format)
-    return build_app(config)
+    return build_app(config, own_process=True)

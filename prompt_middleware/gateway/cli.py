@@ -243,7 +243,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(path, overrides)
         observability.configure_logging(config.server.log_level, config.server.log_format)
         prepare_worker_metrics(config)  # before the app imports prometheus_client
-        app = build_app(config)  # in the parent too, so workers start from a checked config
+        # In the parent too, so that workers start from a checked config.
+        app = build_app(config, own_process=True)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     if path is not None:

@@ -207,6 +207,7 @@ class ServerConfig:
     log_format: Literal["text", "json"] = "text"
     max_body_size: int = 10 * 2**20
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    gc_threshold: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -756,6 +757,7 @@ def _server(s: _Section) -> ServerConfig:
         log_format="json" if s.choice("log_format", LOG_FORMATS, "text") == "json" else "text",
         max_body_size=s.integer("max_body_size", 10 * 2**20, 1),
         body_timeout=s.number("body_timeout", DEFAULT_BODY_TIMEOUT, strict=True),
+        gc_threshold=s.integer("gc_threshold", 10_000, 0),
     )
     s.done()
     return config
