@@ -230,12 +230,18 @@ class PromptMiddleware:
         # rather than in a helper coroutine, one fewer await on every rewrite.
         asked = request.ref
         try:
-            registry = self.registry
+            registry, cache = self.registry, self._cache
+            prompt = None
             if request.credentials is not None and self._tenants is not None:
                 registry = self._tenants.registry_for(request.credentials)
-            prompt = await registry.get_prompt(asked.name, version=asked.version, label=asked.label)
-            if self._cache is None:
-                prompt = ensure_prompt(prompt, asked)
+            elif registry is cache:  # a fresh entry needs no await
+                prompt = cache.fresh_prompt(asked.name, version=asked.version, label=asked.label)
+            if prompt is None:
+                prompt = await registry.get_prompt(
+                    asked.name, version=asked.version, label=asked.label
+                )
+                if cache is None:
+                    prompt = ensure_prompt(prompt, asked)
         except PromptNotFound as exc:
             if chosen is None:
                 raise
