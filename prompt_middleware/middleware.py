@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import replace
 from functools import lru_cache, partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -264,7 +263,7 @@ class PromptMiddleware:
             return request, None
         key = sticky_key(experiment, data, scope["headers"])
         label = choose_label(name, self.experiments, key)
-        return replace(request, ref=PromptRef(name, label=label)), label
+        return request._replace(ref=PromptRef(name, label=label)), label
 
     async def _pass_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through; meanwhile own a task group for the cache's refreshes."""
