@@ -187,9 +187,13 @@ def read_prompt_request(
 
     Raises `InvalidPromptRequest` (or a subclass) for malformed fields.
     """
-    credentials = _read_credentials(body, allow_credentials)
+    credentials = (
+        None  # the usual body: no credential field at all
+        if _CREDENTIAL_SET.isdisjoint(body)
+        else _read_credentials(body, allow_credentials)
+    )
     request = (
-        _read_model_alias(body, model_prompts, credentials)
+        (_read_model_alias(body, model_prompts, credentials) if model_prompts else None)
         or _read_prompt_fields(body, credentials)
         or _read_openai_prompt(body, credentials)
     )
@@ -225,8 +229,6 @@ def _read_model_alias(
     credentials: Credentials | None,
 ) -> PromptRequest | None:
     """A `model` bound to a prompt, unless the body names its own `prompt_id`."""
-    if not model_prompts:
-        return None
     model = body.get("model")
     bound = model_prompts.get(model) if isinstance(model, str) else None
     if bound is None or body.get("prompt_id") is not None:
@@ -303,8 +305,6 @@ def _object(value: Any, param: str) -> dict[str, Any]:
 
 
 def _read_credentials(body: Mapping[str, Any], allowed: bool) -> Credentials | None:
-    if _CREDENTIAL_SET.isdisjoint(body):  # the usual body: no credential field at all
-        return None
     sent = [f for f in CREDENTIAL_FIELDS if body.get(f) is not None]
     if not sent:
         return None
