@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import replace
 from functools import lru_cache, partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -38,10 +37,11 @@ __all__ = ["PromptMiddleware"]
 
 logger = logging.getLogger("prompt_middleware")
 
-DEFAULT_SUFFIXES = ("/chat/completions", "/responses")
+CHAT_SUFFIX = "/chat/completions"
+RESPONSES_SUFFIX = "/responses"
+DEFAULT_SUFFIXES = (CHAT_SUFFIX, RESPONSES_SUFFIX)
 DEFAULT_BODY_TIMEOUT = 30.0
 """Seconds a guarded request's body may take to arrive in all before a 408."""
-RESPONSES_SUFFIX = "/responses"
 _BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
 # x-prompt-name: longer names are cut (HTTP clients cap header sizes, h11 at 16 KiB in all).
 _MAX_NAME_HEADER = 1024
@@ -165,7 +165,7 @@ class PromptMiddleware:
                 too_large = True
         coding = content_coding(codings) if codings else ""
         try:
-            if not decodable(coding):  # it would go on unexamined, prompt fields and keys too
+            if coding and not decodable(coding):  # it would go on unexamined, keys and all
                 raise UnsupportedContentEncoding(
                     f"Content-Encoding {coding!r} is not supported here: send the body"
                     " uncompressed, or compressed with gzip or deflate."
@@ -176,7 +176,7 @@ class PromptMiddleware:
             if body is None:  # the client left before the body was complete
                 return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
-            decoded = decode_body(body, coding, limit)
+            decoded = decode_body(body, coding, limit) if coding else body
         except PromptMiddlewareError as exc:
             observability.record_error(exc)
             await send_error(send, exc)
@@ -230,12 +230,18 @@ class PromptMiddleware:
         # rather than in a helper coroutine, one fewer await on every rewrite.
         asked = request.ref
         try:
-            registry = self.registry
+            registry, cache = self.registry, self._cache
+            prompt = None
             if request.credentials is not None and self._tenants is not None:
                 registry = self._tenants.registry_for(request.credentials)
-            prompt = await registry.get_prompt(asked.name, version=asked.version, label=asked.label)
-            if self._cache is None:
-                prompt = ensure_prompt(prompt, asked)
+            elif registry is cache:  # a fresh entry needs no await
+                prompt = cache.fresh_prompt(asked.name, version=asked.version, label=asked.label)
+            if prompt is None:
+                prompt = await registry.get_prompt(
+                    asked.name, version=asked.version, label=asked.label
+                )
+                if cache is None:
+                    prompt = ensure_prompt(prompt, asked)
         except PromptNotFound as exc:
             if chosen is None:
                 raise
@@ -258,7 +264,7 @@ class PromptMiddleware:
             return request, None
         key = sticky_key(experiment, data, scope["headers"])
         label = choose_label(name, self.experiments, key)
-        return replace(request, ref=PromptRef(name, label=label)), label
+        return request._replace(ref=PromptRef(name, label=label)), label
 
     async def _pass_lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through; meanwhile own a task group for the cache's refreshes."""
@@ -373,6 +379,8 @@ def _is_responses(path: str) -> bool:
     for a path already spelled canonically (then the two are the same)."""
     if path.endswith(RESPONSES_SUFFIX):  # its last segment stays last in the canonical path
         return True
+    if path.endswith(CHAT_SUFFIX):  # likewise
+        return False
     if path.startswith("/") and not _loose(path):
         return False
     return _canonical_path(path).endswith(RESPONSES_SUFFIX)

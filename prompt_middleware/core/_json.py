@@ -90,20 +90,20 @@ def exact_object(
     if isinstance(draft, _NotRead):
         return _load_exactly(body, unique)
     raw = body[3:] if body.startswith(_BOM) else body
+    try:
+        if orjson.dumps(draft) == raw:
+            # Written as orjson writes (as httpx and openai-python send): then no key was dropped
+            # as a repeat, no integer became a float, and the nesting is below 255; and this
+            # check is much cheaper than `_read_alike`'s.
+            return draft
+    except orjson.JSONEncodeError:  # nested past 254
+        pass
     return draft if _read_alike(raw, draft, unique) else _load_exactly(body, unique)
 
 
 def _read_alike(raw: bytes, data: dict[str, Any], unique: frozenset[str]) -> bool:
     """Whether the json module reads `raw` as orjson read it, `data`, and no key of `unique` is
-    repeated at the top level."""
-    try:
-        if orjson.dumps(data) == raw:
-            # Written as orjson writes (as httpx and openai-python send): then no key was dropped
-            # as a repeat, no integer became a float, and the nesting is below 255; and this
-            # check is much cheaper than the ones below.
-            return True
-    except orjson.JSONEncodeError:  # nested past 254
-        pass
+    repeated at the top level (`raw` not written as orjson writes `data`)."""
     if not unique.isdisjoint(data) and _may_repeat(raw, data, unique):
         return False
     return not _beyond(data, _INT64_MIN, _UINT64_END, _ORJSON_DEPTH)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ._json import unsendable
 from .errors import InvalidPrompt, InvalidPromptRequest, InvalidPromptVariables
@@ -118,12 +118,12 @@ class PromptRef:
         return f"{self.name!r} label {self.effective_label!r}"
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledPrompt:
+class CompiledPrompt(NamedTuple):
     """The result of compiling: messages plus what the variables did not fill.
 
     `placeholders` lists unfilled placeholders as (index, name): the index in `messages` where the
-    placeholder's messages would be inserted.
+    placeholder's messages would be inserted. (A named tuple: one is built per rewrite, faster
+    than a frozen dataclass.)
     """
 
     messages: list[dict[str, Any]]

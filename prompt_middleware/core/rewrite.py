@@ -43,7 +43,8 @@ def build_chat_body(
 ) -> bytes:
     """The chat-completion body forwarded after the rewrite."""
     messages = build_messages(prompt, request, body.get("messages"), options)
-    fill_parts(messages, request.parts, chat=True)
+    if request.parts:
+        fill_parts(messages, request.parts, chat=True)
     out = _without_prompt_fields(body)
     out["messages"] = messages
     _apply_model_and_config(out, prompt, request.model_prompt, "chat")
@@ -56,7 +57,8 @@ def build_responses_body(
     """The Responses API body: the prompt's messages first in `input`, then the client's input."""
     client_input = body.get("input")
     items: list[Any] = build_messages(prompt, request, None, options)
-    fill_parts(items, request.parts, chat=False)
+    if request.parts:
+        fill_parts(items, request.parts, chat=False)
     if isinstance(client_input, str):
         items.append({"role": "user", "content": client_input})
     elif isinstance(client_input, list):
@@ -98,8 +100,6 @@ def fill_parts(messages: list[dict[str, Any]], parts: Mapping[str, Part], *, cha
 
     `chat=True` converts the part to the Chat Completions shape (`image_url`, `file`).
     """
-    if not parts:
-        return
     for message in messages:
         content = message.get("content")
         if not isinstance(content, str) or PART_MARKER not in content:

@@ -28,6 +28,7 @@ import logging
 import math
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -150,13 +151,32 @@ class _Flight:
             self.traceback = result.__traceback__
 
 
-class _LRU(LRUCache[_Key, _Entry]):
+class _LRU(OrderedDict[_Key, _Entry]):
+    """Entries, least recently used first; storing one past `maxsize` drops the first.
+
+    Read with `use`, which marks the entry used; `in`, `pop` and iteration do not. (An
+    OrderedDict rather than cachetools' LRUCache: a warm hit is then two C calls, not two Python
+    frames.)
+    """
+
     evictions = 0
 
-    def popitem(self) -> tuple[_Key, _Entry]:  # called only when full
-        item = super().popitem()
-        self.evictions += 1
-        return item
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def __setitem__(self, key: _Key, value: _Entry) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.maxsize:
+            self.popitem(last=False)
+            self.evictions += 1
+
+    def use(self, key: _Key) -> _Entry | None:
+        entry = self.get(key)
+        if entry is not None:
+            self.move_to_end(key)
+        return entry
 
 
 class CachedRegistry:
@@ -223,16 +243,35 @@ class CachedRegistry:
         """The prompt, from the cache when possible."""
         return await self._get(("", name, version, _label(version, label)), self.registry)
 
+    def fresh_prompt(
+        self, name: str, *, version: int | None = None, label: str | None = None
+    ) -> Prompt | None:
+        """The prompt if a fresh entry holds it, counted as the hit `get_prompt` would count;
+        else None, counting nothing (`get_prompt` then answers). No await: the middleware's
+        warm path asks this first."""
+        key = ("", name, version, DEFAULT_LABEL if version is None and label is None else label)
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None or self._clock() >= entry.fresh_until:
+            return None
+        value = entry.value
+        if not isinstance(value, Prompt):
+            return None
+        entries.move_to_end(key)
+        self._hits += 1
+        if observability.active is not None:
+            observability.active.cache_lookup("hit")
+        return value
+
     def for_tenant(self, tenant: str, registry: PromptRegistry) -> PromptRegistry:
         """A registry that serves `registry`'s prompts through this cache, keyed by `tenant`
         (e.g. per-request credentials), apart from every other tenant's."""
         return _TenantView(self, tenant, registry)
 
     async def _get(self, key: _Key, registry: PromptRegistry) -> Prompt:
-        try:
-            entry: _Entry | None = self._entries[key]
-        except KeyError:
-            entry = self._negatives.get(key)
+        entry = self._entries.use(key)
+        if entry is None:
+            entry = self._negatives.use(key)
         if entry is not None:
             now = self._clock()
             if now < entry.fresh_until:
@@ -447,7 +486,7 @@ class CachedRegistry:
         primary is still preferred, and the fallback's copy is fresh only for `negative_ttl`, so
         the primary is asked again soon (in the background while the copy is served)."""
         now = self._clock()
-        entry = None if flight.discarded else self._entries.get(key)
+        entry = None if flight.discarded else self._entries.use(key)
         if (
             entry is not None
             and isinstance(entry.value, Prompt)
@@ -482,7 +521,8 @@ class CachedRegistry:
         dropped = 0
         for entries in (self._entries, self._negatives):
             for k in [k for k in entries if k[0] == tenant]:
-                if not isinstance(entries[k].value, RegistryAuthError):
+                entry = entries.use(k)
+                if entry is not None and not isinstance(entry.value, RegistryAuthError):
                     del entries[k]
                     dropped += 1
         logger.warning(
@@ -513,7 +553,7 @@ class CachedRegistry:
             message = f"The prompt registry failed fetching {ref} ({reason})."
             flight.settle(RegistryUnavailable(message))
         now = self._clock()
-        entry = None if flight.discarded else self._entries.get(key)
+        entry = None if flight.discarded else self._entries.use(key)
         servable = entry is not None and isinstance(entry.value, Prompt) and now < entry.stale_until
         if entry is not None and servable:  # retry later: do not hammer a failing registry
             entry.retry_at = now + self._negative_ttl
