@@ -50,13 +50,14 @@ class Received:
 @dataclass
 class Scripted:
     """A raw HTTP/1.1 upstream: each request is answered with `answer(request)`'s bytes
-    (b"": the connection is closed instead)."""
+    (b"": the connection is closed instead; a list: its pieces `gap` seconds apart)."""
 
-    answer: Callable[[Received], bytes]
+    answer: Callable[[Received], bytes | list[bytes]]
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     closed: list[int] = field(default_factory=list)
     close_after_answer: bool = False
+    gap: float = 0.0
     _connections: int = 0
 
     async def serve(self, stream: anyio.abc.ByteStream) -> None:
@@ -72,7 +73,10 @@ class Scripted:
                 answer = self.answer(request)
                 if not answer:
                     return
-                await stream.send(answer)
+                for index, piece in enumerate([answer] if isinstance(answer, bytes) else answer):
+                    if index:
+                        await anyio.sleep(self.gap)
+                    await stream.send(piece)
                 if self.close_after_answer:
                     return
         except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError):
@@ -99,11 +103,12 @@ async def _read_body(reader: BufferedByteReceiveStream, head: bytes) -> bytes:
 
 @asynccontextmanager
 async def scripted(
-    answer: Callable[[Received], bytes],
+    answer: Callable[[Received], bytes | list[bytes]],
     *,
     close_after_answer: bool = False,
+    gap: float = 0.0,
 ) -> AsyncIterator[Scripted]:
-    upstream = Scripted(answer, close_after_answer=close_after_answer)
+    upstream = Scripted(answer, close_after_answer=close_after_answer, gap=gap)
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     upstream.url = f"http://127.0.0.1:{port}"
@@ -251,6 +256,29 @@ async def test_an_upload_the_upstream_does_not_read_is_a_write_timeout() -> None
             sent = await call(target, body=b"x" * (64 * 1024 * 1024))
     assert sent.status == 504
     assert b"WriteTimeout" in sent.body
+
+
+async def test_the_read_timeout_counts_from_the_last_bytes_not_the_first() -> None:
+    """Events 0.1 s apart over 0.6 s pass a 0.3 s read timeout; a pause of 0.5 s does not."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    events = [b"9\r\ndata: %d\n\n\r\n" % n for n in range(6)]
+    timeout = httpx.Timeout(connect=5, read=0.3, write=5, pool=5)
+    steady = scripted(lambda _: [head, *events, b"0\r\n\r\n"], gap=0.1)
+    async with steady as upstream, proxy(upstream.url, timeout=timeout) as target:
+        sent = await call(target)
+    assert sent.status == 200
+    assert sent.body == b"".join(b"data: %d\n\n" % n for n in range(6))
+
+    stalled = scripted(lambda _: [head + events[0], events[1]], gap=0.5)
+    async with stalled as upstream, proxy(upstream.url, timeout=timeout) as target:
+        sent = await call(target)
+    assert sent.status == 200
+    # The stream ends with an error event after the first event: the read timed out.
+    assert sent.body.startswith(b"data: 0\n\ndata: {")
+    assert b"upstream_timeout" in sent.body
+    assert b"data: 1" not in sent.body
 
 
 async def test_an_unread_answer_stops_being_read_from_the_socket() -> None:

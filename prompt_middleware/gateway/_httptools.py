@@ -250,6 +250,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._waiting_since = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
 
     # The exchange, as the transport drives it.
 
@@ -274,24 +276,49 @@ class _Connection(asyncio.Protocol):
 
     async def response_head(self) -> None:
         while not self._head_done:
-            await self._wait()
+            await self.arrival()
 
-    async def read(self) -> bytes:
-        """The body bytes that have arrived, waiting for some; b"" at its end."""
-        while True:
-            body = self._body
-            if body:
-                data = body.popleft() if len(body) == 1 else b"".join(body)
-                body.clear()
-                self._buffered = 0
-                if self._reading_paused:
-                    self._reading_paused = False
-                    if self._transport is not None and not self._lost:
-                        self._transport.resume_reading()
-                return data
-            if self._complete:
-                return b""
-            await self._wait()
+    def take(self) -> bytes | None:
+        """The body bytes that have arrived; b"" at the body's end; None: wait for `arrival()`."""
+        body = self._body
+        if body:
+            data = body.popleft() if len(body) == 1 else b"".join(body)
+            body.clear()
+            self._buffered = 0
+            if self._reading_paused:
+                self._reading_paused = False
+                if self._transport is not None and not self._lost:
+                    self._transport.resume_reading()
+            return data
+        if self._complete:
+            return b""
+        return None
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future that is done when more of the answer has arrived, or failed with the reason
+        none will (a `ReadTimeout` after `read` seconds)."""
+        waiter = self._waiter = self._loop.create_future()
+        if self._error is not None:
+            waiter.set_exception(self._error)
+        elif self._read_timeout is not None:
+            # One timer per connection, moved on when it fires, rather than one per wait
+            # (every SSE event is a wait).
+            self._waiting_since = self._loop.time()
+            if self._read_timer is None:
+                due = self._waiting_since + self._read_timeout
+                self._read_timer = self._loop.call_at(due, self._check_read)
+        return waiter
+
+    def _check_read(self) -> None:
+        self._read_timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._read_timeout is None:
+            return  # not waiting: the next wait sets a timer again
+        due = self._waiting_since + self._read_timeout
+        if self._loop.time() >= due:
+            waiter.set_exception(httpx.ReadTimeout("the upstream timed out"))
+        else:
+            self._read_timer = self._loop.call_at(due, self._check_read)
 
     def end_exchange(self) -> bool:
         """End the exchange: whether its answer was read to its end and the connection may
@@ -309,6 +336,9 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection at once (the upstream stops sending)."""
         self._lost = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         if self._transport is not None:
             self._transport.abort()
 
@@ -324,18 +354,6 @@ class _Connection(asyncio.Protocol):
             finally:
                 if timer is not None:
                     timer.cancel()
-
-    async def _wait(self) -> None:
-        if self._error is not None:
-            raise self._error
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._timer(self._read_timeout, waiter, httpx.ReadTimeout)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def _timer(
         self,
@@ -512,7 +530,10 @@ class _Response:
         connection = self._connection
         if connection is None:
             raise StopAsyncIteration
-        data = await connection.read()
+        data = connection.take()
+        while data is None:
+            await connection.arrival()
+            data = connection.take()
         if not data:
             raise StopAsyncIteration
         return data
