@@ -55,6 +55,7 @@ from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, PROMPT_NAME, body_for, make_prompt
 
 HERE = Path(__file__).resolve().parent
+RELAY = "TCP relay (floor)"
 ROOT = HERE.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -307,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
         "--gap-ms", type=float, default=1.0, help="ms between SSE events (0: all in one write)"
     )
     parser.add_argument("--no-direct", action="store_true", help="skip the upstream-only rows")
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="also measure a bare TCP relay on uvloop (_relay.py): the floor of any Python proxy",
+    )
     parser.add_argument("--soak", type=float, default=0, help="seconds at 32 connections")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -333,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
         variants = [parse_variant(v, config) for v in args.variant or ["gateway="]]
         for v in variants:
             print(f"# variant {v.name}: library {v.library}; {' '.join(v.argv[4:]) or 'auto'}")
+        if args.relay:
+            relay_port = free_port()
+            relay_argv = [sys.executable, str(HERE / "_relay.py"), str(relay_port), str(up_port)]
+            variants.insert(0, Target(RELAY, relay_argv, relay_port))
+            print(f"# {RELAY}: _relay.py, bytes passed on both ways, no HTTP")
         print(
             f"# wrk -t1 and the upstream on core {load_core}, each gateway alone on core "
             f"{gw_core}; {args.rounds} rounds × {args.duration} s per target and connection count"
@@ -352,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
 
         with running([upstream, *variants], cores):
             for v in variants:
-                check(v, body, stream_body, gateway=True)
+                check(v, body, stream_body, gateway=v.name != RELAY)
                 run_wrk(v, lua, body_file, 8, 1, core=load_core)  # warm-up
             targets = variants if args.no_direct else [upstream, *variants]
             samples: dict[tuple[str, int], list[Sample]] = {}
