@@ -40,20 +40,24 @@ class _Half(asyncio.Protocol):
 async def main() -> None:
     port, upstream_port = int(sys.argv[1]), int(sys.argv[2])
     loop = asyncio.get_running_loop()
+    connecting: set[asyncio.Task[None]] = set()
 
     def accepted() -> _Half:
         client = _Half()
 
         async def connect() -> None:
             _, upstream = await loop.create_connection(_Half, "127.0.0.1", upstream_port)
-            assert client.transport is not None and upstream.transport is not None
+            assert client.transport is not None
+            assert upstream.transport is not None
             upstream.peer = client.transport
             client.peer = upstream.transport
             for data in client.pending:
                 upstream.transport.write(data)
             client.pending.clear()
 
-        loop.create_task(connect())
+        task = loop.create_task(connect())
+        connecting.add(task)
+        task.add_done_callback(connecting.discard)
         return client
 
     server = await loop.create_server(accepted, "127.0.0.1", port, backlog=2048)
