@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/gateway.py [--connections 1,8,32,128] [--rounds 3] [--duration 4]
         [--variant NAME=[PATH][:http[:loop[:transport[:gc[:access]]]]] ...] [--chunks 100]
-        [--soak SECONDS]
+        [--soak SECONDS] [--relay] [--litellm]
 
 Needs Debian's wrk (installed on demand: `apt-get install -y wrk`) and taskset. A fake OpenAI
 upstream (`_fast_upstream.py`, ~10 µs of CPU per answer) and `wrk -t1` share core 1; each gateway
@@ -28,6 +28,12 @@ an experiment on the garbage collector (`freeze` or `freeze,THRESHOLD`), and the
 `access` for uvicorn's, `ours` for the gateway's own line per request as `serve` writes it at
 its default log level, `both` for the two (as `serve` wrote them before uvicorn's was turned
 off); to a file here.
+`--litellm` adds LiteLLM's proxy (`_litellm.py`: installed on demand into a venv of its own; one
+uvicorn worker on the gateway's core) doing the same job with its Langfuse prompt management
+against a fake Langfuse: the same bytes, `prompt_id` and `prompt_variables`, its model pointed at
+the same upstream. Optional: when it does not install or start, its rows are left out. In the
+SSE part it sends one event more than the upstream (a last one with `finish_reason`), for 1 and
+N events alike, so the per-event cost is unaffected.
 `--soak 300` then runs the first variant for that long at 32 connections, sampling its RSS.
 Only 127.0.0.1 is used; every run is bounded by --duration.
 """
@@ -50,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _litellm
 from _procs import free_port, pinned, stop, wrk_numbers
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, PROMPT_NAME, body_for, make_prompt
@@ -88,6 +95,7 @@ class Target:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     library: str = ""
+    start_timeout: float = 30.0
 
     @property
     def url(self) -> str:
@@ -144,7 +152,7 @@ def running(targets: list[Target], cores: dict[str, int | None]) -> Iterator[Non
             )
             log.close()
         for target in targets:
-            wait_ready(target)
+            wait_ready(target, target.start_timeout)
         yield
     finally:
         stop(target.proc for target in targets)
@@ -313,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
         action="store_true",
         help="also measure a bare TCP relay on uvloop (_relay.py): the floor of any Python proxy",
     )
+    parser.add_argument(
+        "--litellm",
+        action="store_true",
+        help="also measure LiteLLM's proxy with Langfuse prompt management (_litellm.py)",
+    )
     parser.add_argument("--soak", type=float, default=0, help="seconds at 32 connections")
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -327,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
 
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp_name:
+    litellm_python = _litellm.ensure_venv() if args.litellm else None
+    with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         up_port = free_port()
         config = write_config(tmp, up_port)
@@ -344,6 +358,29 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
             relay_argv = [sys.executable, str(HERE / "_relay.py"), str(relay_port), str(up_port)]
             variants.insert(0, Target(RELAY, relay_argv, relay_port))
             print(f"# {RELAY}: _relay.py, bytes passed on both ways, no HTTP")
+        litellm: Target | None = None
+        langfuse = _litellm.FakeLangfuse()
+        recorder = _litellm.RecordingUpstream()
+        if litellm_python is not None:
+            langfuse_url = stack.enter_context(_litellm.serving(langfuse))
+            litellm_config = _litellm.write_config(
+                tmp / "litellm.yaml",
+                f"http://127.0.0.1:{up_port}",
+                stack.enter_context(_litellm.serving(recorder)),
+                langfuse_url,
+            )
+            litellm_port = free_port()
+            litellm = Target(
+                _litellm.LITELLM,
+                _litellm.argv(litellm_python, litellm_config, litellm_port),
+                litellm_port,
+                _litellm.environment(langfuse_url),
+                start_timeout=120.0,
+            )
+            print(
+                f"# {_litellm.LITELLM}: {' '.join(_litellm.REQUIREMENTS)}, one uvicorn worker, "
+                "Langfuse prompt management against a fake Langfuse (_litellm.py)"
+            )
         print(
             f"# wrk -t1 and the upstream on core {load_core}, each gateway alone on core "
             f"{gw_core}; {args.rounds} rounds × {args.duration} s per target and connection count"
@@ -365,6 +402,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
             for v in variants:
                 check(v, body, stream_body, gateway=v.name != RELAY)
                 run_wrk(v, lua, body_file, 8, 1, core=load_core)  # warm-up
+            if litellm is not None:
+                try:
+                    stack.enter_context(running([litellm], cores))
+                    seen = _litellm.check(litellm.port, body, stream_body, langfuse, recorder)
+                    run_wrk(litellm, lua, body_file, 8, 1, core=load_core)  # warm-up
+                except (RuntimeError, OSError) as error:
+                    print(f"LiteLLM skipped: {error}", file=sys.stderr)
+                    stop([litellm.proc])
+                else:
+                    print(f"# {_litellm.LITELLM} checked: {json.dumps(seen)}")
+                    results["litellm_check"] = seen
+                    variants.append(litellm)
             targets = variants if args.no_direct else [upstream, *variants]
             samples: dict[tuple[str, int], list[Sample]] = {}
             for r in range(args.rounds):
@@ -413,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0912, C901
                 )
             print(f"\n## CPU/request relative to {connections[0]} connection(s)\n")
             print(table(["variant", *(f"c={c}" for c in connections)], ratio_rows, right=1))
+            if litellm in variants:
+                print(f"\n# the fake Langfuse got, in all: {json.dumps(langfuse.seen())}")
+                results["litellm_langfuse"] = langfuse.seen()
             results["load"] = {
                 f"{name}|{conns}": [vars(s) for s in ss] for (name, conns), ss in samples.items()
             }
