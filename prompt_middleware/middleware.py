@@ -325,10 +325,12 @@ async def _authorized(
 def _with_prompt_headers(send: Send, prompt: Prompt, label: str | None) -> Send:
     extra = _prompt_headers(prompt.name, prompt.version, prompt.source, label)
 
-    async def send_with_headers(message: Message) -> None:
+    # A plain function handing back `send`'s own awaitable, not a coroutine of its own: no
+    # frame per message, which counts on a stream's every event.
+    def send_with_headers(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message.get("headers", ()), *extra]}
-        await send(message)
+        return send(message)
 
     return send_with_headers
 
