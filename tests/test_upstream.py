@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -214,6 +216,22 @@ async def test_openai_async_client_through_proxy(proxy_url: str, fake: FakeOpenA
 
         response = await client.responses.create(model="gpt-test", input="hello")
         assert json.loads(response.output_text) == {"model": "gpt-test", "input": "hello"}
+
+
+def test_a_complete_exchange_is_not_logged_as_a_disconnect(
+    proxy_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's receive() answers http.disconnect once a response is complete; that is not
+    the client hanging up (it was logged as one on every request, two log lines each)."""
+    caplog.set_level(logging.INFO, logger="prompt_middleware.upstream")
+    with httpx.Client(base_url=proxy_url, timeout=10) as client:
+        for _ in range(5):
+            assert client.post("/v1/chat/completions", json={"model": "m"}).status_code == 200
+        with client.stream("POST", "/v1/chat/completions", json={"stream": True}) as stream:
+            assert b"".join(stream.iter_raw()).endswith(b"data: [DONE]\n\n")
+    # Once the proxy's server thread has handled the last exchange:
+    time.sleep(0.2)
+    assert [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()] == []
 
 
 def test_openai_sync_client_through_proxy(proxy_url: str) -> None:

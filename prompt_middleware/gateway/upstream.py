@@ -430,12 +430,18 @@ class _Exchange:
         self.call = call
         self.error: Exception | None = None
         self.finished = False
+        # The last message of the response is on its way: a disconnect from here on is the
+        # server's (uvicorn's receive() answers http.disconnect once a response is complete),
+        # not the client hanging up.
+        self.answered = False
         self.disconnected = False
         self.broken: Exception | None = None
         self._sse = False
         self._held = b""
 
     async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.answered = True
         try:
             await self._send(message)
         except OSError as exc:  # ASGI spec 2.4: send raises once the client is gone
@@ -503,7 +509,7 @@ async def _watch_disconnect(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            if not exchange.finished:
+            if not (exchange.finished or exchange.answered):
                 exchange.disconnected = True
                 cancel()
             return
