@@ -22,6 +22,8 @@ ACCESS_LOGGER = logging.getLogger("prompt_middleware.access")
 
 def log_access(fields: Mapping[str, Any]) -> None:
     """Write one access line; `fields` as described in the module docstring."""
+    if not ACCESS_LOGGER.isEnabledFor(logging.INFO):
+        return
     prompt = fields.get("prompt")
     text = f"{fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']}ms"
     if prompt is not None:
@@ -30,7 +32,19 @@ def log_access(fields: Mapping[str, Any]) -> None:
     upstream = fields.get("upstream_ms")
     if upstream is not None:
         text += f" upstream={upstream}ms"
-    ACCESS_LOGGER.info(text, extra={"access": dict(fields)})
+    # The record is made here rather than by `ACCESS_LOGGER.info`, which looks for the
+    # caller's file and line by walking the stack: an access line has no use for them.
+    record = ACCESS_LOGGER.makeRecord(
+        ACCESS_LOGGER.name,
+        logging.INFO,
+        __file__,
+        0,
+        text,
+        (),
+        None,
+        extra={"access": dict(fields)},
+    )
+    ACCESS_LOGGER.handle(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,6 +69,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "info", log_format: Literal["text", "json"] = "text") -> None:
     """Root logging for the gateway: text lines, or one JSON object per line (`--log-format`)."""
+    # Neither format shows the process, thread or multiprocessing name that every record looks
+    # up (the process id with a system call, per line).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
