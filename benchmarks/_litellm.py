@@ -18,7 +18,7 @@ request's messages after the template itself and would send an unresolved placeh
 message. So the upstream gets what the gateway sends it: the system message compiled, then the
 conversation. `check` proves it once per run against a recording upstream (a second model that
 is only used there). Nothing leaves 127.0.0.1: the model cost map is the packaged one
-(`LITELLM_LOCAL_MODEL_COST_MAP=True`), there is no database, no master key, no callbacks.
+(`LITELLM_LOCAL_MODEL_COST_MAP=True`), there is no database and there are no callbacks.
 """
 
 from __future__ import annotations
