@@ -31,12 +31,14 @@ __all__ = ["FakeLangfuse", "serving"]
 PROMPTS_PATH = "/api/public/v2/prompts/"
 
 
-def langfuse_body(name: str) -> bytes:
+def langfuse_body(name: str, *, placeholders: bool = True) -> bytes:
+    """Langfuse's answer for the benchmark's prompt under `name` (without its placeholder
+    messages when `placeholders` is False)."""
     prompt = make_prompt()
     messages = [
         dict(m) if m.get("type") == "placeholder" else {"type": "chatmessage", **m}
         for m in prompt.prompt
-        if not isinstance(m, str)
+        if not isinstance(m, str) and (placeholders or m.get("type") != "placeholder")
     ]
     data: dict[str, Any] = {
         "id": f"prompt-{name}",

@@ -36,6 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+from _fake_langfuse import langfuse_body
 from _workload import CHAT_PATH, PROMPT_NAME, make_prompt
 
 __all__ = [
@@ -154,29 +155,7 @@ class FakeLangfuse:
 
     @staticmethod
     def body() -> bytes:
-        prompt = make_prompt()
-        messages = [
-            {"type": "chatmessage", **m}
-            for m in prompt.prompt
-            if not isinstance(m, str) and m.get("type") != "placeholder"
-        ]
-        return json.dumps(
-            {
-                "id": "prompt-support-assistant",
-                "createdAt": "2025-01-01T00:00:00.000Z",
-                "updatedAt": "2025-01-01T00:00:00.000Z",
-                "projectId": "project-bench",
-                "createdBy": "API",
-                "name": prompt.name,
-                "version": prompt.version,
-                "type": "chat",
-                "prompt": messages,
-                "config": dict(prompt.config),
-                "labels": list(prompt.labels),
-                "tags": [],
-                "commitMessage": None,
-            }
-        ).encode()
+        return langfuse_body(PROMPT_NAME, placeholders=False)
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self
