@@ -24,7 +24,12 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from prompt_middleware import UpstreamProxy
-from prompt_middleware.gateway._httptools import _HIGH_WATER, HttptoolsTransport, _Response
+from prompt_middleware.gateway._httptools import (
+    _HIGH_WATER,
+    HttptoolsTransport,
+    _HeaderView,
+    _Response,
+)
 from prompt_middleware.testing import CaptureApp, asgi_client
 
 from .helpers import SendLog, http_scope, settle
@@ -363,3 +368,14 @@ async def test_https_to_an_untrusted_certificate_is_502(
         response = await client.post("/v1/chat/completions", json={"model": "m"})
     assert response.status_code == 502
     assert "ConnectError" in response.json()["error"]["message"]
+
+
+def test_response_headers_are_read_case_insensitively_with_repeats_joined() -> None:
+    view = _HeaderView(
+        [(b"Content-Type", b"text/event-stream"), (b"X-Trace", b"a"), (b"x-trace", b"b")]
+    )
+    assert view.get("content-type") == "text/event-stream"
+    assert view["X-TRACE"] == "a, b"
+    assert view.get("content-encoding", "identity") == "identity"
+    assert sorted(view) == ["content-type", "x-trace"]
+    assert len(view) == 2
