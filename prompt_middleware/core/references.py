@@ -216,10 +216,10 @@ def _read_prompt_fields(
         and get("prompt_label") is None
     ):
         return None
-    ref = PromptRef.checked(
-        body.get("prompt_id"), body.get("prompt_version"), body.get("prompt_label")
-    )
-    variables = _object(body.get("prompt_variables"), "prompt_variables")
+    ref = PromptRef.checked(get("prompt_id"), get("prompt_version"), get("prompt_label"))
+    variables = get("prompt_variables")
+    if variables.__class__ is not dict:  # as `_object` would, without a call for the usual dict
+        variables = _object(variables, "prompt_variables")
     return PromptRequest(ref, variables, credentials)
 
 

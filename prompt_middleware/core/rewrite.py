@@ -152,7 +152,8 @@ def _apply_model_and_config(
     model_override = prompt.model
     if model_override:
         body["model"] = model_override
-    for key, value, sendable in _config_params(prompt, api):
+    params = prompt._derived.get(api)  # `_config_params` kept them, as it usually does
+    for key, value, sendable in params if params is not None else _config_params(prompt, api):
         if key not in body:
             if not sendable:
                 finite(value)  # raises
