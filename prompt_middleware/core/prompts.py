@@ -340,7 +340,11 @@ def _fill(pieces: _Pieces, variables: Mapping[str, Any], missing: dict[str, None
         if name in variables:
             value = variables[name]
             try:
-                out.append("" if value is None else str(value))
+                out.append(
+                    value
+                    if value.__class__ is str  # the usual value: no str() call
+                    else ("" if value is None else str(value))
+                )
             except RecursionError:  # a JSON value nested right up to the parser's limit
                 raise InvalidPromptVariables(
                     f"Variable {name!r} is nested too deeply.", param="prompt_variables"
