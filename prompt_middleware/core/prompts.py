@@ -274,7 +274,8 @@ class Prompt:
             else:
                 content = _fill(pieces, values, missing)
                 messages.append({"role": role, "content": content})
-        return CompiledPrompt(messages, tuple(missing), tuple(unfilled))
+        # `CompiledPrompt(...)` without the Python frame of its __new__ (on every rewrite)
+        return tuple.__new__(CompiledPrompt, (messages, tuple(missing), tuple(unfilled)))
 
 
 def require_text(value: Any, param: str) -> str:
