@@ -7,7 +7,7 @@ import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from functools import lru_cache, partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 import anyio
@@ -43,6 +43,8 @@ DEFAULT_SUFFIXES = (CHAT_SUFFIX, RESPONSES_SUFFIX)
 DEFAULT_BODY_TIMEOUT = 30.0
 """Seconds a guarded request's body may take to arrive in all before a 408."""
 _BODY_HEADERS = (b"content-length", b"transfer-encoding", b"content-encoding")
+# Most header names have none of these lengths: they need no lower-casing to be told apart.
+_BODY_HEADER_LENGTHS = frozenset(len(name) for name in _BODY_HEADERS)
 # x-prompt-name: longer names are cut (HTTP clients cap header sizes, h11 at 16 KiB in all).
 _MAX_NAME_HEADER = 1024
 _NAME_SAFE = "/-_.~:@"
@@ -152,17 +154,7 @@ class PromptMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_size
-        kept: list[tuple[bytes, bytes]] = []  # the headers for the app if the body is rewritten
-        codings: list[tuple[bytes, bytes]] = []
-        too_large = False
-        for header in scope["headers"]:
-            name = header[0].lower()
-            if name not in _BODY_HEADERS:
-                kept.append(header)
-            elif name == b"content-encoding":
-                codings.append(header)
-            elif name == b"content-length" and _declares_more(header[1], limit):
-                too_large = True
+        kept, codings, too_large = _scan_headers(scope["headers"], limit)
         coding = content_coding(codings) if codings else ""
         try:
             if coding and not decodable(coding):  # it would go on unexamined, keys and all
@@ -172,9 +164,16 @@ class PromptMiddleware:
                 )
             if too_large:  # refused before reading, so the client gets no 100 Continue
                 raise _too_large(limit)
-            body = await read_body(receive, self.max_body_size, self.body_timeout)
-            if body is None:  # the client left before the body was complete
-                return
+            # Most bodies come in one message: read here, without a coroutine for it.
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if len(body) > limit:
+                    raise _too_large(limit)
+            else:
+                body = await read_body(_pushed_back(message, receive), limit, self.body_timeout)
+                if body is None:  # the client left before the body was complete
+                    return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
             decoded = decode_body(body, coding, limit) if coding else body
         except PromptMiddlewareError as exc:
@@ -187,7 +186,11 @@ class PromptMiddleware:
             marker.search(decoded) for marker in self._other_markers
         ):  # else it has no reference
             try:
-                rewritten = await self._rewrite(decoded, scope)
+                # A fresh cache entry needs no await: then the whole rewrite is one plain call.
+                now = self._rewrite_now(decoded, scope)
+                rewritten = (
+                    await self._rewrite_fetched(now, scope) if isinstance(now, _Pending) else now
+                )
             except PromptMiddlewareError as exc:
                 observability.record_error(exc)
                 await send_error(send, exc)
@@ -214,39 +217,53 @@ class PromptMiddleware:
         send = _with_prompt_headers(send, prompt, label)
         await self.app(inner_scope, replay(new_body, receive), send)
 
-    async def _rewrite(self, body: bytes, scope: Scope) -> tuple[bytes, Prompt, str | None] | None:
-        """The body to forward, the prompt, and the label that chose it (None: by version)."""
+    def _rewrite_now(
+        self, body: bytes, scope: Scope
+    ) -> tuple[bytes, Prompt, str | None] | _Pending | None:
+        """The body to forward, the prompt, and the label that chose it (None: by version); or
+        `_Pending` when the prompt is not in the cache fresh (`_rewrite_fetched` goes on)."""
         found = find_prompt_request(
             body, self._model_prompts, allow_credentials=self.allow_request_credentials
         )
         if found is None:
             return None
         data, request = found
-        ref = request.ref
         chosen = None
-        if self.experiments and ref.version is None and ref.label is None:
+        if self.experiments and request.ref.version is None and request.ref.label is None:
             request, chosen = self._experiment(request, data, scope)
-        # The one registry that serves this request (its tenant's, if it sent keys); asked here
-        # rather than in a helper coroutine, one fewer await on every rewrite.
+        asked = request.ref
+        cache = self._cache
+        if cache is None or request.credentials is not None:
+            return _Pending(data, request, chosen)
+        prompt = cache.fresh_prompt(asked.name, version=asked.version, label=asked.label)
+        if prompt is None:
+            return _Pending(data, request, chosen)
+        path = scope["path"]
+        if path.endswith(CHAT_SUFFIX) or not _is_responses(path):
+            new_body = build_chat_body(data, request, prompt, self.options)
+        else:
+            new_body = build_responses_body(data, request, prompt, self.options)
+        return new_body, prompt, asked.effective_label
+
+    async def _rewrite_fetched(
+        self, pending: _Pending, scope: Scope
+    ) -> tuple[bytes, Prompt, str | None]:
+        """`_rewrite_now`'s answer, the prompt asked of the registry that serves the request
+        (its tenant's, if it sent keys)."""
+        data, request, chosen = pending
         asked = request.ref
         try:
-            registry, cache = self.registry, self._cache
-            prompt = None
+            registry = self.registry
             if request.credentials is not None and self._tenants is not None:
                 registry = self._tenants.registry_for(request.credentials)
-            elif registry is cache:  # a fresh entry needs no await
-                prompt = cache.fresh_prompt(asked.name, version=asked.version, label=asked.label)
-            if prompt is None:
-                prompt = await registry.get_prompt(
-                    asked.name, version=asked.version, label=asked.label
-                )
-                if cache is None:
-                    prompt = ensure_prompt(prompt, asked)
+            prompt = await registry.get_prompt(asked.name, version=asked.version, label=asked.label)
+            if self._cache is None:
+                prompt = ensure_prompt(prompt, asked)
         except PromptNotFound as exc:
             if chosen is None:
                 raise
             raise PromptNotFound(
-                f"Prompt {request.ref} not found: experiment {ref.name!r} chose label"
+                f"Prompt {asked} not found: experiment {asked.name!r} chose label"
                 f" {chosen!r}, which no version of the prompt has.",
                 param="prompt_id",
             ) from exc
@@ -304,6 +321,28 @@ class PromptMiddleware:
         closer = getattr(self.registry, "aclose", None)
         if closer is not None:
             await closer()
+
+
+class _Pending(NamedTuple):
+    """A prompt request whose prompt must be asked of a registry (an await)."""
+
+    data: dict[str, Any]
+    request: PromptRequest
+    chosen: str | None  # the label an experiment chose, if one did
+
+
+def _pushed_back(message: Message, receive: Receive) -> Receive:
+    """`receive` with `message`, already received, handed out first."""
+    pending: Message | None = message
+
+    async def receive_again() -> Message:
+        nonlocal pending
+        if pending is None:
+            return await receive()
+        message, pending = pending, None
+        return message
+
+    return receive_again
 
 
 async def _authorized(
@@ -395,6 +434,28 @@ def _canonical_path(path: str) -> str:
     a body sent to a spelling of it is examined, never forwarded unread to a server that routes
     that spelling to the endpoint."""
     return "/" + "/".join(part for part in path.lower().split("/") if part)
+
+
+def _scan_headers(
+    headers: Iterable[tuple[bytes, bytes]], limit: int
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bool]:
+    """The headers for the app if the body is rewritten (all but the body's own), the
+    content-encoding headers, and whether a content-length declares more than `limit` bytes."""
+    kept: list[tuple[bytes, bytes]] = []
+    codings: list[tuple[bytes, bytes]] = []
+    too_large = False
+    for header in headers:
+        name = header[0]
+        if len(name) in _BODY_HEADER_LENGTHS:  # else not one of them, in any case
+            name = name.lower()
+            if name in _BODY_HEADERS:
+                if name == b"content-encoding":
+                    codings.append(header)
+                elif name == b"content-length" and _declares_more(header[1], limit):
+                    too_large = True
+                continue
+        kept.append(header)
+    return kept, codings, too_large
 
 
 def _declares_more(length: bytes, limit: int) -> bool:

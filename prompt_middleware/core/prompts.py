@@ -42,7 +42,7 @@ _Pieces = tuple[tuple[tuple[str, str, str], ...], str]
 # References that passed `PromptRef.checked`, by their exact values: most requests name one of
 # a few prompts, and building a frozen dataclass costs more than looking one up. Only plain types
 # (True == 1, so a bool version must never find the ref of version 1) and bounded text.
-_CHECKED: dict[tuple[Any, Any, Any], PromptRef] = {}
+_CHECKED: dict[str | tuple[Any, Any, Any], PromptRef] = {}
 _MEMO_SIZE = 1024
 _MEMO_TEXT = 256
 _PLAIN_VERSION = (int, type(None))
@@ -73,7 +73,12 @@ class PromptRef:
         non-empty text that can travel as UTF-8 (no lone surrogates), a version a positive
         integer, and version and label are not given together.
         """
-        key = (name, version, label)
+        plain = version is None and label is None  # as most requests ask: keyed by name alone
+        if plain and cls is PromptRef and name.__class__ is str:
+            known = _CHECKED.get(name)
+            if known is not None:
+                return known
+        key = name if plain else (name, version, label)
         memo = (
             cls is PromptRef
             and name.__class__ is str
@@ -82,7 +87,7 @@ class PromptRef:
             and len(name) <= _MEMO_TEXT
             and (label is None or len(label) <= _MEMO_TEXT)
         )
-        if memo:
+        if memo and not plain:
             known = _CHECKED.get(key)
             if known is not None:  # these exact values passed the checks below before
                 return known
@@ -269,7 +274,8 @@ class Prompt:
             else:
                 content = _fill(pieces, values, missing)
                 messages.append({"role": role, "content": content})
-        return CompiledPrompt(messages, tuple(missing), tuple(unfilled))
+        # `CompiledPrompt(...)` without the Python frame of its __new__ (on every rewrite)
+        return tuple.__new__(CompiledPrompt, (messages, tuple(missing), tuple(unfilled)))
 
 
 def require_text(value: Any, param: str) -> str:
@@ -335,7 +341,11 @@ def _fill(pieces: _Pieces, variables: Mapping[str, Any], missing: dict[str, None
         if name in variables:
             value = variables[name]
             try:
-                out.append("" if value is None else str(value))
+                out.append(
+                    value
+                    if value.__class__ is str  # the usual value: no str() call
+                    else ("" if value is None else str(value))
+                )
             except RecursionError:  # a JSON value nested right up to the parser's limit
                 raise InvalidPromptVariables(
                     f"Variable {name!r} is nested too deeply.", param="prompt_variables"

@@ -96,6 +96,7 @@ class Part:
 
 
 _NO_PARTS: Mapping[str, Part] = MappingProxyType({})
+_new_tuple = tuple.__new__
 
 
 class PromptRequest(NamedTuple):
@@ -216,11 +217,12 @@ def _read_prompt_fields(
         and get("prompt_label") is None
     ):
         return None
-    ref = PromptRef.checked(
-        body.get("prompt_id"), body.get("prompt_version"), body.get("prompt_label")
-    )
-    variables = _object(body.get("prompt_variables"), "prompt_variables")
-    return PromptRequest(ref, variables, credentials)
+    ref = PromptRef.checked(get("prompt_id"), get("prompt_version"), get("prompt_label"))
+    variables = get("prompt_variables")
+    if variables.__class__ is not dict:  # as `_object` would, without a call for the usual dict
+        variables = _object(variables, "prompt_variables")
+    # `PromptRequest(ref, variables, credentials)` without the Python frame of its __new__
+    return _new_tuple(PromptRequest, (ref, variables, credentials, None, _NO_PARTS))
 
 
 def _read_model_alias(

@@ -85,7 +85,10 @@ def build_messages(
     if client is not None and len(unfilled) == 1:
         # The usual shape: system prompt from the registry, conversation from the client.
         index = unfilled[0][0]
-        messages = [*messages[:index], *client, *messages[index:]]
+        if index == len(messages):  # the placeholder is last, as it usually is
+            messages = messages + client
+        else:
+            messages = [*messages[:index], *client, *messages[index:]]
         unfilled, client = (), None
     if options.strict_variables and (compiled.missing_variables or unfilled):
         names = [name for _, name in unfilled]
@@ -152,7 +155,8 @@ def _apply_model_and_config(
     model_override = prompt.model
     if model_override:
         body["model"] = model_override
-    for key, value, sendable in _config_params(prompt, api):
+    params = prompt._derived.get(api)  # `_config_params` kept them, as it usually does
+    for key, value, sendable in params if params is not None else _config_params(prompt, api):
         if key not in body:
             if not sendable:
                 finite(value)  # raises
