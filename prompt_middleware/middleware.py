@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import observability
 from ._asgi import read_body, replay, send_error
-from .core.encoding import content_coding, decodable, decode_body
+from .core.encoding import content_coding, decodable, decodable_in_words, decode_body
 from .core.errors import (
     MethodNotAllowed,
     PromptMiddlewareError,
@@ -160,7 +160,7 @@ class PromptMiddleware:
             if coding and not decodable(coding):  # it would go on unexamined, keys and all
                 raise UnsupportedContentEncoding(
                     f"Content-Encoding {coding!r} is not supported here: send the body"
-                    " uncompressed, or compressed with gzip or deflate."
+                    f" uncompressed, or compressed with {decodable_in_words()}."
                 )
             if too_large:  # refused before reading, so the client gets no 100 Continue
                 raise _too_large(limit)

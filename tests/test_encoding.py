@@ -208,6 +208,9 @@ async def test_codings_we_cannot_undo_are_refused_on_guarded_paths(
         await asgi_call(mw, b"\x8b\x00opaque", headers), 415, "unsupported_content_encoding"
     )
     assert coding.decode() in error["message"]
+    # It names what this install does decode.
+    offered = "gzip or deflate." if hidden else "gzip, deflate, br or zstd."
+    assert error["message"].endswith(f"compressed with {offered}")
     assert seen == []
     scope = http_scope("/v1/embeddings", headers=headers)
     receive = chunked_receive([b"\x8b\x00opaque"])

@@ -53,6 +53,12 @@ def installed_decoders() -> frozenset[str]:
 _OPTIONAL = installed_decoders()
 
 
+def decodable_in_words() -> str:
+    """The codings `decode_body` undoes in this install, for messages: "gzip, deflate or br"."""
+    codings = ["gzip", "deflate", *sorted(_OPTIONAL)]
+    return ", ".join(codings[:-1]) + " or " + codings[-1]
+
+
 def decodable(coding: str) -> bool:
     """Whether `decode_body` undoes `coding` (gzip, x-gzip, deflate, br and zstd where their
     decoder is installed; or none)."""

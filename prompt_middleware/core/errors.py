@@ -86,7 +86,7 @@ class RequestCredentialsDisabled(InvalidPromptRequest):
 
 
 class InvalidContentEncoding(PromptMiddlewareError):
-    """A gzip or deflate request body that does not decompress (corrupt or truncated)."""
+    """A compressed request body that does not decompress (corrupt or truncated)."""
 
     status_code = 400
     code = "invalid_content_encoding"
