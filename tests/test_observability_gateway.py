@@ -191,11 +191,12 @@ def test_metrics_with_two_workers(tmp_path: Path, upstream: str) -> None:
         assert list(directory.glob("counter_*.db"))
     for text in scrapes:
         assert value(text, "prompt_middleware_rewrites_total", outcome="rewritten") == 20
-        # One lookup per request, in whichever worker took it. A hit each, unless a worker got
-        # its first request before its readiness preload (ready means one worker answers).
+        # One lookup per request and one per worker's readiness preload. A request is a hit,
+        # unless it reached a worker before that worker's preload did (ready means one worker
+        # answers): at most one such miss per worker.
         lookups = "prompt_middleware_prompt_cache_lookups_total"
-        assert value(text, lookups) == 20
-        assert value(text, lookups, result="hit") + value(text, lookups, result="miss") == 20
+        assert value(text, lookups) == 20 + 2
+        assert value(text, lookups, result="hit") >= 20 - 2
         durations = "prompt_middleware_upstream_request_duration_seconds_count"
         assert value(text, durations, status_class="2xx") == 20
     assert not directory.exists()  # gone with the gateway
