@@ -32,7 +32,14 @@ from typing import cast
 import httptools
 import httpx
 
-from ._transport import AsyncioSlots, Headers, ProxyLookup, Transport, UpstreamResponse
+from ._transport import (
+    AsyncioSlots,
+    Headers,
+    ProxyLookup,
+    Transport,
+    UpstreamResponse,
+    aiohttp_available,
+)
 
 __all__ = ["HttptoolsTransport"]
 
@@ -76,15 +83,15 @@ class HttptoolsTransport:
     ) -> UpstreamResponse:
         if self._proxy_for is not None and self._proxy_for(url) is not None:
             return await self._proxied().send(method, url, headers, content)
+        head = _request_head(method, url, headers, content)  # refused before any connection
+        head_only = method == "HEAD"
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         slots = self._slots
         if slots is not None:
             await slots.acquire()
         connection: _Connection | None = None
         try:
-            origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
             connection = self._idle_connection(origin) or await self._connect(origin)
-            head = _request_head(method, url, headers, content)
-            head_only = method == "HEAD"
             if isinstance(content, bytes):
                 await connection.request(head + content, head_only)
             else:
@@ -101,8 +108,6 @@ class HttptoolsTransport:
 
     def _proxied(self) -> Transport:
         if self._via_proxy is None:
-            from ._transport import aiohttp_available
-
             if aiohttp_available():
                 from ._aiohttp import AiohttpTransport
 
