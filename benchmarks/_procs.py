@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterable
 
-__all__ = ["free_port", "pinned", "stop", "wrk_numbers"]
+__all__ = ["WRK_REPORT", "cpu_seconds", "free_port", "pinned", "stop", "wrk_numbers"]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d %d %d %d %d %d\\n", summary.requests,
+    summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+"""The end of a wrk script: one line `BENCH requests duration_us connect read write status
+timeout p50_us p99_us`, which `wrk_numbers` reads."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the ")" closing the command name: field 3 is index 0, utime (14) is index 11.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def free_port() -> int:

@@ -46,6 +46,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import httpx
+from _procs import cpu_seconds
 from starlette.types import Receive, Scope, Send
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -259,11 +260,6 @@ async def polling_latency(driver: Driver, changes: int) -> list[float]:
         seen = await driver.all_serve(version)
         latencies.append(max(seen) - edited)
     return latencies
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def idle_cpu(groups: dict[str, list[Gateway]], seconds: float) -> dict[str, tuple[float, float]]:

@@ -57,18 +57,18 @@ from pathlib import Path
 from typing import Any
 
 import _litellm
-from _procs import free_port, pinned, stop, wrk_numbers
+from _procs import WRK_REPORT, cpu_seconds, free_port, pinned, stop, wrk_numbers
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, PROMPT_NAME, body_for, make_prompt
 
 HERE = Path(__file__).resolve().parent
 RELAY = "TCP relay (floor)"
 ROOT = HERE.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 LOGS = Path(tempfile.gettempdir())
 
-LUA = """\
+LUA = (
+    """\
 wrk.method = "POST"
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
@@ -77,14 +77,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-benchmark"
 wrk.headers["x-chunks"] = os.getenv("BENCH_CHUNKS") or "20"
 wrk.headers["x-chunk-gap-ms"] = os.getenv("BENCH_GAP_MS") or "0"
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH %d %d %d %d %d %d %d %d %d\\n", summary.requests,
-    summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
+    + WRK_REPORT
+)
 
 
 @dataclass
@@ -103,9 +98,7 @@ class Target:
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.proc.pid)
 
     def rss_mb(self) -> float:
         assert self.proc is not None

@@ -40,31 +40,26 @@ from typing import Any
 
 import anyio
 import httpx
-from _procs import free_port, pinned, stop, wrk_numbers
+from _procs import WRK_REPORT, cpu_seconds, free_port, pinned, stop, wrk_numbers
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, OnceReceive, body_for, http_scope, make_prompt, sink_send
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 KEY = "sk-benchmark-gateway-key"
 UPSTREAM_KEY = "sk-benchmark-upstream-key"
 
-LUA = """\
+LUA = (
+    """\
 wrk.method = "POST"
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH %d %d %d %d %d %d %d %d %d\\n", summary.requests,
-    summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
+    + WRK_REPORT
+)
 
 
 @dataclass
@@ -74,9 +69,7 @@ class Process:
     proc: subprocess.Popen[bytes]
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.proc.pid)
 
 
 @dataclass

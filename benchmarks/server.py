@@ -34,29 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _procs import free_port, pinned, stop, wrk_numbers
+from _procs import WRK_REPORT, cpu_seconds, free_port, pinned, stop, wrk_numbers
 from _report import Spread, machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, body_for
 
 HERE = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPU_TARGET = 1.10  # issue #6: server CPU per request with the middleware ≤ 1.10× bare
 
-LUA = """\
+LUA = (
+    """\
 wrk.method = "POST"
 local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-benchmark"
-
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("BENCH %d %d %d %d %d %d %d %d\\n", summary.requests,
-    summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50)))
-end
 """
+    + WRK_REPORT
+)
 
 
 @dataclass
@@ -72,10 +67,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        # After the ")" closing the command name: field 3 is index 0, utime (14) is index 11.
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.proc.pid)
 
 
 @dataclass
@@ -180,7 +172,7 @@ def run_wrk(server: Server, lua: Path, body_file: Path, seconds: int, core: int 
     before = server.cpu_seconds()
     numbers = wrk_numbers(argv, core=core, env=env, timeout=seconds + 30)
     after = server.cpu_seconds()
-    requests, duration_us, *errors, p50_us = numbers
+    requests, duration_us, *errors, p50_us, _ = numbers
     if requests == 0 or any(errors):
         raise RuntimeError(f"wrk against {server.name}: {requests} requests, errors {errors}")
     return Sample(
