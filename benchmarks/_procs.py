@@ -7,11 +7,19 @@ import socket
 import subprocess
 from collections.abc import Iterable
 
-__all__ = ["WRK_REPORT", "cpu_seconds", "free_port", "pinned", "stop", "wrk_numbers"]
+__all__ = ["cpu_seconds", "free_port", "pinned", "stop", "wrk_numbers", "wrk_script"]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-WRK_REPORT = """
+_WRK_POST = """\
+wrk.method = "POST"
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+_WRK_REPORT = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("BENCH %d %d %d %d %d %d %d %d %d\\n", summary.requests,
@@ -19,8 +27,13 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99)))
 end
 """
-"""The end of a wrk script: one line `BENCH requests duration_us connect read write status
-timeout p50_us p99_us`, which `wrk_numbers` reads."""
+
+
+def wrk_script(headers: str) -> str:
+    """A wrk script that POSTs the JSON body in the file `$BENCH_BODY_FILE` with these extra
+    header lines (Lua), and ends with one line `BENCH requests duration_us connect read write
+    status timeout p50_us p99_us`, which `wrk_numbers` reads."""
+    return _WRK_POST + headers + _WRK_REPORT
 
 
 def cpu_seconds(pid: int) -> float:

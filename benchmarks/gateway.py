@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import _litellm
-from _procs import WRK_REPORT, cpu_seconds, free_port, pinned, stop, wrk_numbers
+from _procs import cpu_seconds, free_port, pinned, stop, wrk_numbers, wrk_script
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, PROMPT_NAME, body_for, make_prompt
 
@@ -67,18 +67,12 @@ ROOT = HERE.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 LOGS = Path(tempfile.gettempdir())
 
-LUA = (
+LUA = wrk_script(
     """\
-wrk.method = "POST"
-local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-benchmark"
 wrk.headers["x-chunks"] = os.getenv("BENCH_CHUNKS") or "20"
 wrk.headers["x-chunk-gap-ms"] = os.getenv("BENCH_GAP_MS") or "0"
 """
-    + WRK_REPORT
 )
 
 

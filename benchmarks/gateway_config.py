@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 import httpx
-from _procs import WRK_REPORT, cpu_seconds, free_port, pinned, stop, wrk_numbers
+from _procs import cpu_seconds, free_port, pinned, stop, wrk_numbers, wrk_script
 from _report import machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, OnceReceive, body_for, http_scope, make_prompt, sink_send
 
@@ -49,16 +49,10 @@ ROOT = HERE.parent
 KEY = "sk-benchmark-gateway-key"
 UPSTREAM_KEY = "sk-benchmark-upstream-key"
 
-LUA = (
+LUA = wrk_script(
     """\
-wrk.method = "POST"
-local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 """
-    + WRK_REPORT
 )
 
 

@@ -34,23 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _procs import WRK_REPORT, cpu_seconds, free_port, pinned, stop, wrk_numbers
+from _procs import cpu_seconds, free_port, pinned, stop, wrk_numbers, wrk_script
 from _report import Spread, machine_info, print_machine, spread, table, write_json
 from _workload import CHAT_PATH, body_for
 
 HERE = Path(__file__).resolve().parent
 CPU_TARGET = 1.10  # issue #6: server CPU per request with the middleware ≤ 1.10× bare
 
-LUA = (
+LUA = wrk_script(
     """\
-wrk.method = "POST"
-local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-benchmark"
 """
-    + WRK_REPORT
 )
 
 
