@@ -448,7 +448,7 @@ class Observer:
                 span, token = started
 
         if not whole and self.access_log and ACCESS_LOGGER.isEnabledFor(logging.INFO):
-            # Only the access line reads the status: no wrapper (one more await per message)
+            # Only the access line reads the status: no wrapper (one more call per message)
             # when there is none, or when `request` around this one reads it.
             send = _status_to(record, send)
 
