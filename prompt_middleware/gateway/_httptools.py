@@ -353,22 +353,13 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         if not self._writable:
             drained = self._drained = self._loop.create_future()
-            timer = self._timer(self._write_timeout, drained, httpx.WriteTimeout)
+            seconds = self._write_timeout
+            timer = None if seconds is None else self._loop.call_later(seconds, _stalled, drained)
             try:
                 await drained
             finally:
                 if timer is not None:
                     timer.cancel()
-
-    def _timer(
-        self,
-        seconds: float | None,
-        future: asyncio.Future[None],
-        error: type[httpx.TimeoutException],
-    ) -> asyncio.TimerHandle | None:
-        if seconds is None:
-            return None
-        return self._loop.call_later(seconds, _fail, future, error, "the upstream timed out")
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -488,9 +479,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
 
-def _fail(future: asyncio.Future[None], error: type[Exception], message: str) -> None:
-    if not future.done():
-        future.set_exception(error(message))
+def _stalled(drained: asyncio.Future[None]) -> None:
+    if not drained.done():
+        drained.set_exception(httpx.WriteTimeout("the upstream timed out"))
 
 
 class _Response:
