@@ -249,6 +249,7 @@ class CachedRegistry:
         """The prompt if a fresh entry holds it, counted as the hit `get_prompt` would count;
         else None, counting nothing (`get_prompt` then answers). No await: the middleware's
         warm path asks this first."""
+        # `_label(version, label)`, written out: this is the warm path's one call into the cache.
         key = ("", name, version, DEFAULT_LABEL if version is None and label is None else label)
         entries = self._entries
         entry = entries.get(key)
