@@ -261,7 +261,7 @@ class UpstreamProxy:
         transport = self._transport
         if transport is None or not transport.usable():
             if transport is not None:
-                # An aiohttp session belongs to the event loop that made it; this one is gone
+                # An asyncio client belongs to the event loop that made it; this one is gone
                 # or another backend runs now. Its connections went with its loop.
                 logger.debug("upstream client of another event loop dropped")
             if self._client is not None:
@@ -352,7 +352,8 @@ class UpstreamProxy:
         finally:
             if response is not None:
                 if transport.asyncio_only:
-                    # aiohttp gives the connection back without awaiting: nothing to shield.
+                    # An asyncio client gives the connection back without awaiting: nothing
+                    # to shield.
                     await response.aclose(complete=complete)
                 else:
                     with anyio.CancelScope(shield=True):
