@@ -9,6 +9,7 @@ answers each request with the bytes a test gives it.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -16,9 +17,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -261,6 +264,66 @@ async def test_an_upload_the_upstream_does_not_read_is_a_write_timeout() -> None
             sent = await call(target, body=b"x" * (64 * 1024 * 1024))
     assert sent.status == 504
     assert b"WriteTimeout" in sent.body
+
+
+async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout_and_its_socket_closed() -> None:
+    # A listening socket nobody accepts from: the kernel takes the connection, nobody answers
+    # the TLS hello. After the timeout, the accepted socket reads the client's end.
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        timeout = httpx.Timeout(connect=0.3, read=5, write=5, pool=5)
+        async with proxy(f"https://127.0.0.1:{port}", timeout=timeout) as target:
+            sent = await call(target)
+        assert sent.status == 504
+        assert b"ConnectTimeout" in sent.body
+        listening.settimeout(5)
+        accepted, _ = listening.accept()
+        with accepted:
+            accepted.settimeout(5)
+            hello = accepted.recv(65536)
+            assert hello.startswith(b"\x16\x03")  # a TLS handshake record: the client hello
+            assert await anyio.to_thread.run_sync(_read_to_end, accepted) >= 0
+
+
+def _read_to_end(connection: socket.socket) -> int:
+    """Bytes read until the peer closes (socket timeout if it never does)."""
+    total = 0
+    while chunk := connection.recv(65536):
+        total += len(chunk)
+    return total
+
+
+async def test_a_cancellation_as_the_connection_completes_closes_it_and_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The caller is cancelled in the moment its new connection is made (cannot be timed from
+    outside: the loop's `create_connection` is wrapped to cancel it there). The cancellation
+    reaches the caller and the connection is closed, neither dropped open nor used."""
+    async with scripted(lambda _: OK) as upstream:
+        loop = asyncio.get_running_loop()
+        real_create_connection = loop.create_connection
+        opened: list[asyncio.BaseTransport] = []
+
+        async def create_connection(*args: Any, **kwargs: Any) -> Any:
+            made = await real_create_connection(*args, **kwargs)
+            opened.append(made[0])
+            caller.cancel()
+            return made
+
+        monkeypatch.setattr(loop, "create_connection", create_connection)
+        transport = HttptoolsTransport(
+            timeout=httpx.Timeout(5), limits=httpx.Limits(max_connections=4), trust_env=False
+        )
+        caller = asyncio.ensure_future(transport.send("POST", httpx.URL(upstream.url), [], b"{}"))
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            await anyio.lowlevel.checkpoint()  # the closing callback runs
+            assert len(opened) == 1
+            assert opened[0].is_closing()
+            assert upstream.requests == []
+        finally:
+            await transport.aclose()
 
 
 async def test_the_read_timeout_counts_from_the_last_bytes_not_the_first() -> None:

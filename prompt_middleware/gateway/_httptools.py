@@ -145,19 +145,29 @@ class HttptoolsTransport:
                 self._ssl = httpx.create_ssl_context(trust_env=self._trust_env)
             context = self._ssl
         timeout = self._timeout
-        try:
-            _, connection = await asyncio.wait_for(
-                self._loop.create_connection(
-                    lambda: _Connection(self._loop, timeout),
-                    host,
-                    port,
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
-                ),
-                timeout.connect,
+        connecting = self._loop.create_task(
+            self._loop.create_connection(
+                lambda: _Connection(self._loop, timeout),
+                host,
+                port,
+                ssl=context,
+                server_hostname=host if context is not None else None,
             )
-        except asyncio.TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        )
+        # Not `asyncio.wait_for`: when the caller is cancelled just as the connection completes,
+        # it returns the connection and swallows the cancellation on 3.10 and 3.11
+        # (cpython#86296), and drops the open connection from 3.12 on. `asyncio.wait` leaves
+        # both to us.
+        try:
+            await asyncio.wait((connecting,), timeout=timeout.connect)
+        except BaseException:  # cancelled
+            _abandon(connecting)
+            raise
+        if not connecting.done():
+            _abandon(connecting)
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out")
+        try:
+            _, connection = connecting.result()
         except OSError as exc:  # ssl.SSLError included
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
         return connection
@@ -226,6 +236,17 @@ def _request_head(
 
 def _has_length(headers: Headers) -> bool:
     return any(name == b"content-length" for name, _ in headers)
+
+
+def _abandon(connecting: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]]) -> None:
+    """Give up a connection attempt: stop it, and close what it opens if it opens anyway."""
+    connecting.cancel()  # create_connection closes its socket when cancelled
+    connecting.add_done_callback(_close_opened)
+
+
+def _close_opened(connecting: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]]) -> None:
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result()[0].close()
 
 
 class _Connection(asyncio.Protocol):
