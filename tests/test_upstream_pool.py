@@ -11,16 +11,19 @@ backends.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Literal
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from prompt_middleware import UpstreamProxy
 from prompt_middleware._asgi import read_body
-from prompt_middleware.gateway._transport import TransportName
+from prompt_middleware.gateway._transport import AsyncioSlots, TransportName
 
 from .helpers import SendLog, http_scope
 from .servers import running_server
@@ -129,3 +132,42 @@ async def test_pool_recovers_after_bursts_of_cancelled_sends(
 
 async def _expect_ok(proxy: UpstreamProxy) -> None:
     assert await _status(proxy) == 200
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancellation_as_a_slot_frees_up_goes_through_and_leaves_the_slot_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The asyncio clients' own pool slots: a request waiting for a slot is cancelled in the
+    moment it gets one (cannot be timed from outside: the semaphore's `acquire` is wrapped to
+    cancel the waiter there). The cancellation reaches it, and the slot is free again."""
+    slots = AsyncioSlots(1, timeout=5)
+    await slots.acquire()  # the one slot, taken
+    semaphore = slots._semaphore
+    real_acquire = semaphore.acquire
+
+    async def acquire() -> Literal[True]:
+        acquired = await real_acquire()
+        waiter.cancel()
+        return acquired
+
+    monkeypatch.setattr(semaphore, "acquire", acquire)
+    waiter = asyncio.ensure_future(slots.acquire())
+    await anyio.sleep(0.05)
+    assert not waiter.done()  # waiting for the slot
+    slots.release()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await anyio.lowlevel.checkpoint()  # the callback giving the slot back runs
+    assert not semaphore.locked()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_waiting_for_a_slot_past_the_pool_timeout_is_a_pool_timeout() -> None:
+    slots = AsyncioSlots(1, timeout=0.1)
+    await slots.acquire()
+    with pytest.raises(httpx.PoolTimeout):
+        await slots.acquire()
+    slots.release()
+    await slots.acquire()  # the slot is free, and the timed-out wait took none
+    assert slots._semaphore.locked()

@@ -39,6 +39,7 @@ from ._transport import (
     Transport,
     UpstreamResponse,
     aiohttp_available,
+    finished_within,
 )
 
 __all__ = ["HttptoolsTransport"]
@@ -154,17 +155,7 @@ class HttptoolsTransport:
                 server_hostname=host if context is not None else None,
             )
         )
-        # Not `asyncio.wait_for`: when the caller is cancelled just as the connection completes,
-        # it returns the connection and swallows the cancellation on 3.10 and 3.11
-        # (cpython#86296), and drops the open connection from 3.12 on. `asyncio.wait` leaves
-        # both to us.
-        try:
-            await asyncio.wait((connecting,), timeout=timeout.connect)
-        except BaseException:  # cancelled
-            _abandon(connecting)
-            raise
-        if not connecting.done():
-            _abandon(connecting)
+        if not await finished_within(connecting, timeout.connect, _close_made):
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out")
         try:
             _, connection = connecting.result()
@@ -238,15 +229,8 @@ def _has_length(headers: Headers) -> bool:
     return any(name == b"content-length" for name, _ in headers)
 
 
-def _abandon(connecting: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]]) -> None:
-    """Give up a connection attempt: stop it, and close what it opens if it opens anyway."""
-    connecting.cancel()  # create_connection closes its socket when cancelled
-    connecting.add_done_callback(_close_opened)
-
-
-def _close_opened(connecting: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]]) -> None:
-    if not connecting.cancelled() and connecting.exception() is None:
-        connecting.result()[0].close()
+def _close_made(made: tuple[asyncio.BaseTransport, _Connection]) -> None:
+    made[0].close()
 
 
 class _Connection(asyncio.Protocol):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import Any, Literal, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Any, Literal, Protocol, TypeVar
 
 import httpx
 
@@ -35,6 +35,7 @@ __all__ = [
     "aiohttp_available",
     "auto_name",
     "choose",
+    "finished_within",
     "httptools_available",
     "on_asyncio",
 ]
@@ -160,13 +161,46 @@ class AsyncioSlots:
         if not semaphore.locked():
             await semaphore.acquire()  # returns at once
             return
-        try:
-            await asyncio.wait_for(semaphore.acquire(), self._timeout)
-        except asyncio.TimeoutError:
-            raise httpx.PoolTimeout("no upstream connection was free in time") from None
+        acquiring = asyncio.get_running_loop().create_task(semaphore.acquire())
+        if not await finished_within(acquiring, self._timeout, lambda _: semaphore.release()):
+            raise httpx.PoolTimeout("no upstream connection was free in time")
 
     def release(self) -> None:
         self._semaphore.release()
+
+
+_T = TypeVar("_T")
+
+
+async def finished_within(
+    task: asyncio.Task[_T], timeout: float | None, undo: Callable[[_T], object]
+) -> bool:
+    """Whether `task` finished within `timeout` seconds (None: no limit). When it did not, or
+    the caller is cancelled meanwhile, `task` is cancelled, and `undo` is applied to its result
+    should it complete all the same; a cancellation of the caller is raised.
+
+    Not `asyncio.wait_for`: on Python 3.10 and 3.11, when the caller is cancelled just as the
+    task completes, it returns the result and swallows the cancellation (cpython#86296).
+    """
+    try:
+        await asyncio.wait((task,), timeout=timeout)
+    except BaseException:  # the caller was cancelled
+        _abandon(task, undo)
+        raise
+    if task.done():
+        return True
+    _abandon(task, undo)
+    return False
+
+
+def _abandon(task: asyncio.Task[_T], undo: Callable[[_T], object]) -> None:
+    task.cancel()
+
+    def undo_if_done(task: asyncio.Task[_T]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            undo(task.result())
+
+    task.add_done_callback(undo_if_done)
 
 
 class ProxyLookup:
