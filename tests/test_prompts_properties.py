@@ -36,13 +36,28 @@ from .strategies import (
 )
 
 
-def test_deeply_nested_variable_value_compiles_or_is_400() -> None:
+def _nested(depth: int) -> Any:
     deep: Any = "x"
-    for _ in range(sys.getrecursionlimit() + 100):
+    for _ in range(depth):
         deep = [deep]
+    return deep
+
+
+def test_deeply_nested_variable_value_compiles_or_is_400() -> None:
+    """A value too deep for `str()` is a 400. Past the recursion limit but not that deep, it
+    compiles to its text where `str()` writes it (Python 3.12 and later give C code a stack
+    limit of its own) and is a 400 where `str()` refuses (3.10, 3.11)."""
     prompt = text_prompt("p", "{{v}}")
     with pytest.raises(InvalidPromptVariables, match="nested too deeply"):
-        prompt.compile({"v": deep})
+        prompt.compile({"v": _nested(100_000)})
+    past_the_limit = _nested(sys.getrecursionlimit() + 100)
+    try:
+        text = str(past_the_limit)
+    except RecursionError:
+        with pytest.raises(InvalidPromptVariables, match="nested too deeply"):
+            prompt.compile({"v": past_the_limit})
+    else:
+        assert prompt.compile({"v": past_the_limit}) == [{"role": "user", "content": text}]
     assert prompt.compile({"v": [[["x"]]]}) == [{"role": "user", "content": "[[['x']]]"}]
 
 
