@@ -520,22 +520,13 @@ def _invalidate(args: argparse.Namespace) -> int:
 
 
 def _redis_url(path: str) -> str:
-    """`cache.redis_url` of a gateway config, resolving that value alone.
+    """`cache.redis_url` of a gateway config, the rest of the file left unresolved."""
+    from .config import ConfigError, load_redis_url
 
-    The job that invalidates (a deploy step, an operator's shell) need not hold every secret
-    the gateway reads (upstream and Langfuse keys), so the rest of the file is not loaded.
-    """
-    from .config import ENV_PREFIX, _read_file
-
-    cache = _read_file(Path(path)).get("cache")
-    url = cache.get("redis_url") if isinstance(cache, dict) else None
-    if isinstance(url, str) and url.startswith(ENV_PREFIX):
-        name = url[len(ENV_PREFIX) :]
-        url = os.environ.get(name)
-        if not url:
-            raise CLIError(f"{path}: cache.redis_url: environment variable {name} is not set")
-    if not isinstance(url, str) or not url:
+    try:
+        url = load_redis_url(path)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if url is None:
         raise CLIError(f"{path}: cache.redis_url is not set")
-    if not url.startswith(("redis://", "rediss://")):  # as `serve` checks it
-        raise CLIError(f"{path}: cache.redis_url: expected a redis:// or rediss:// URL")
     return url

@@ -44,6 +44,7 @@ __all__ = [
     "WebhooksConfig",
     "is_loopback",
     "load_config",
+    "load_redis_url",
 ]
 
 ENV_PREFIX: Final = "os.environ/"
@@ -607,13 +608,28 @@ def _cache(s: _Section) -> CacheConfig:
         max_size=s.integer("max_size", 1024, 1),
         negative_max_size=s.integer("negative_max_size", 0, 1) or None,
         fetch_timeout=s.number("fetch_timeout", 10.0, strict=True),
-        redis_url=s.string("redis_url", None, secret=True),
+        redis_url=_redis_url(s),
         poll_interval=s.number("poll_interval", None, strict=True),
     )
-    if config.redis_url is not None and not config.redis_url.startswith(("redis://", "rediss://")):
-        raise s.error("redis_url", "expected a redis:// or rediss:// URL")
     s.done()
     return config
+
+
+def _redis_url(s: _Section) -> str | None:
+    url = s.string("redis_url", None, secret=True)
+    if url is not None and not url.startswith(("redis://", "rediss://")):
+        raise s.error("redis_url", "expected a redis:// or rediss:// URL")
+    return url
+
+
+def load_redis_url(path: str) -> str | None:
+    """`cache.redis_url` of the config in `path`, read and checked as `load_config` reads it,
+    with nothing else in the file resolved: a job that only invalidates (a deploy step, an
+    operator's shell) need not hold every secret the gateway reads."""
+    file = Path(path)
+    data = _read_file(file)
+    context = _Context(path, file.resolve().parent, data.get("environment_variables"))
+    return _redis_url(_Section(context, "", data).section("cache"))
 
 
 def _rewrite(s: _Section) -> RewriteConfig:
