@@ -17,6 +17,7 @@ from .core.errors import PromptMiddlewareError, RequestTimeout, RequestTooLarge
 __all__ = [
     "answer_lifespan",
     "json_text",
+    "pushed_back",
     "read_body",
     "replay",
     "route_path",
@@ -132,16 +133,21 @@ def replay(body: bytes, receive: Receive) -> Receive:
     Returning anything else on later calls would make apps that poll `receive()` for a
     disconnect spin, or hang the event loop if no checkpoint is hit.
     """
-    sent = False
+    return pushed_back({"type": "http.request", "body": body, "more_body": False}, receive)
 
-    async def replayed() -> Message:
-        nonlocal sent
-        if sent:
+
+def pushed_back(message: Message, receive: Receive) -> Receive:
+    """`receive` with `message` handed out first (one already received, or one made up)."""
+    pending: Message | None = message
+
+    async def receive_again() -> Message:
+        nonlocal pending
+        if pending is None:
             return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        message, pending = pending, None
+        return message
 
-    return replayed
+    return receive_again
 
 
 def route_path(scope: Scope) -> str:

@@ -14,7 +14,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import observability
-from ._asgi import read_body, replay, send_error
+from ._asgi import pushed_back, read_body, replay, send_error
 from .core.encoding import content_coding, decodable, decodable_in_words, decode_body
 from .core.errors import (
     MethodNotAllowed,
@@ -171,7 +171,7 @@ class PromptMiddleware:
                 if len(body) > limit:
                     raise _too_large(limit)
             else:
-                body = await read_body(_pushed_back(message, receive), limit, self.body_timeout)
+                body = await read_body(pushed_back(message, receive), limit, self.body_timeout)
                 if body is None:  # the client left before the body was complete
                     return
             # gzip / deflate: inspected decompressed, within max_body_size (no bombs).
@@ -329,20 +329,6 @@ class _Pending(NamedTuple):
     data: dict[str, Any]
     request: PromptRequest
     chosen: str | None  # the label an experiment chose, if one did
-
-
-def _pushed_back(message: Message, receive: Receive) -> Receive:
-    """`receive` with `message`, already received, handed out first."""
-    pending: Message | None = message
-
-    async def receive_again() -> Message:
-        nonlocal pending
-        if pending is None:
-            return await receive()
-        message, pending = pending, None
-        return message
-
-    return receive_again
 
 
 async def _authorized(
