@@ -542,9 +542,9 @@ async def _run_on_asyncio(
 ) -> None:
     """Run `forward` while watching for a disconnect, with asyncio's own tasks.
 
-    What `_run_on_anyio` does, for a transport that runs on asyncio only: an
-    anyio task group and cancel scope cost ~55 µs per request (a tenth of the whole request), two
-    plain tasks ~5 µs. The exchange runs in a task of its own so that the watcher can cancel it
+    What `_run_on_anyio` does, for a transport that runs on asyncio only: an anyio task group
+    and cancel scope cost ~55 µs per request (a tenth of the whole request), two plain tasks
+    ~5 µs. The exchange runs in a task of its own so that the watcher can cancel it
     alone, never the task serving the request.
     """
     loop = asyncio.get_running_loop()
@@ -577,7 +577,7 @@ def _bytes_or_none(content: bytes | _RequestBody) -> bytes | None:
 def _events_end(data: bytes) -> int:
     """Index just past the last complete SSE event in `data` (0 if none)."""
     end = 0
-    for separator in (b"\n\n", b"\r\r", b"\r\n\r\n"):
+    for separator in _EVENT_ENDS:
         at = data.rfind(separator)
         if at != -1:
             end = max(end, at + len(separator))
