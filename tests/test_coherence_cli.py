@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from prompt_middleware.registries.coherence import SIGNATURE_HEADER, sign
+from prompt_middleware.registries.coherence import sign
 
 from .fake_langfuse import FakeLangfuse
 from .gateway_process import Gateway, gateway_env, run_cli, serving, write_config
 from .redis_fixture import RedisServer, module_redis_server
+from .test_coherence_webhook import webhook_headers
 
 __all__ = ["module_redis_server"]
 
@@ -108,11 +109,7 @@ class Pair:
     def webhook(
         self, gateway: Gateway, body: bytes, signature: str | None = "sign"
     ) -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        if signature == "sign":
-            signature = sign(body, SECRET)
-        if signature is not None:
-            headers[SIGNATURE_HEADER] = signature
+        headers = webhook_headers(body, signature, SECRET)
         return self.client.post(gateway.url + "/webhooks/langfuse", content=body, headers=headers)
 
     def invalidate(self, *args: str) -> None:

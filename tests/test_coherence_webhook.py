@@ -141,15 +141,25 @@ async def cache() -> AsyncIterator[CachedRegistry]:
     await cache.aclose()
 
 
+def webhook_headers(
+    body: bytes, signature: str | None = "sign", secret: str = SECRET
+) -> dict[str, str]:
+    """A delivery's headers: `body` signed with `secret` ("sign"), `signature` as given, or no
+    signature header (None)."""
+    headers = {"content-type": "application/json"}
+    if signature == "sign":
+        signature = sign(body, secret)
+    if signature is not None:
+        headers[SIGNATURE_HEADER] = signature
+    return headers
+
+
 async def post(
     client: httpx.AsyncClient, body: bytes, header: str | None = "sign"
 ) -> httpx.Response:
-    headers = {"content-type": "application/json"}
-    if header == "sign":
-        header = sign(body, SECRET)
-    if header is not None:
-        headers[SIGNATURE_HEADER] = header
-    return await client.post("/webhooks/langfuse", content=body, headers=headers)
+    return await client.post(
+        "/webhooks/langfuse", content=body, headers=webhook_headers(body, header)
+    )
 
 
 def coherent(cache: CachedRegistry, **options: Any) -> Coherence:
