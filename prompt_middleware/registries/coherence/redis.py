@@ -62,12 +62,12 @@ return epoch
 """
 # A webhook delivery: claimed, bumped and published in one step, so a worker that dies halfway
 # cannot leave a claimed delivery that nobody published (Langfuse's retry would be a duplicate).
-_CLAIM_BUMP_AND_PUBLISH = """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return 0 end
-local epoch = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. ARGV[3])
-return epoch
-"""
+# Answers 0 when claimed before (an epoch starts at 1).
+_CLAIM_BUMP_AND_PUBLISH = (
+    """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then return 0 end"""
+    + _BUMP_AND_PUBLISH
+)
 _TAKE_LEAD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -253,20 +253,7 @@ class RedisFanout:
 
     async def publish(self, scope: str, name: str | None, origin: str) -> bool:
         """Bump `scope`'s epoch and tell every worker; False if it was queued instead."""
-        if not (self._running and self._up):
-            self.enqueue(scope, name, origin)
-            return False
-        payload = self._payload(scope, name, origin)
-        epoch = await self._command(
-            lambda c: c.eval(
-                _BUMP_AND_PUBLISH, keys=[self._epochs_key], args=[scope, self._channel, payload]
-            )
-        )
-        if epoch is _DOWN:
-            self.enqueue(scope, name, origin)
-            return False
-        self._published(scope, epoch)
-        return True
+        return await self._publish(scope, name, origin, None) is True
 
     async def publish_once(
         self, claim: str, ttl: float, scope: str, name: str | None, origin: str
@@ -276,31 +263,36 @@ class RedisFanout:
         True: published; False: claimed before, nothing done; None: Redis unavailable, the
         invalidation is queued (the caller acts on it locally; twice is harmless).
         """
+        return await self._publish(scope, name, origin, (claim, ttl))
+
+    async def _publish(
+        self, scope: str, name: str | None, origin: str, claim: tuple[str, float] | None
+    ) -> bool | None:
+        """`publish_once` with a claim, `publish` without: True, False or None as there."""
         if not (self._running and self._up):
             self.enqueue(scope, name, origin)
             return None
-        payload = self._payload(scope, name, origin)
-        keys = [self._epochs_key, claim]
-        args = [scope, self._channel, payload, str(_ms(ttl))]
-        epoch = await self._command(lambda c: c.eval(_CLAIM_BUMP_AND_PUBLISH, keys=keys, args=args))
-        if epoch is _DOWN:
-            self.enqueue(scope, name, origin)
-            return None
-        if int(str(epoch)) == 0:
-            return False
-        self._published(scope, epoch)
-        return True
-
-    def _payload(self, scope: str, name: str | None, origin: str) -> str:
-        return json.dumps(
+        payload = json.dumps(
             {"scope": scope, "name": name, "origin": origin, "sender": self.worker_id},
             separators=(",", ":"),
             ensure_ascii=False,
         )
-
-    def _published(self, scope: str, epoch: object) -> None:
-        self._epochs[scope] = max(int(str(epoch)), self._epochs.get(scope, 0))
+        script, keys, args = _BUMP_AND_PUBLISH, [self._epochs_key], [scope, self._channel, payload]
+        if claim is not None:
+            key, ttl = claim
+            script = _CLAIM_BUMP_AND_PUBLISH
+            keys.append(key)
+            args.append(str(_ms(ttl)))
+        epoch = await self._command(lambda c: c.eval(script, keys=keys, args=args))
+        if epoch is _DOWN:
+            self.enqueue(scope, name, origin)
+            return None
+        bumped = int(str(epoch))
+        if bumped == 0:
+            return False
+        self._epochs[scope] = max(bumped, self._epochs.get(scope, 0))
         self._counts["published"] += 1
+        return True
 
     def enqueue(self, scope: str, name: str | None, origin: str = "api") -> None:
         """Publish later (soon, or once Redis is back), without waiting."""
