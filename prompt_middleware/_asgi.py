@@ -1,4 +1,5 @@
-"""Small ASGI chores, written once: JSON answers, bounded body reads, replay, lifespan, paths.
+"""Small ASGI chores, written once: JSON answers, bounded body reads, replay, lifespan and its
+background jobs, paths.
 
 Used by the middleware, the gateway's apps (upstream proxy, echo upstream) and the testing apps.
 """
@@ -6,15 +7,17 @@ Used by the middleware, the gateway's apps (upstream proxy, echo upstream) and t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import anyio
+import anyio.abc
 from starlette.types import Message, Receive, Scope, Send
 
 from .core.errors import PromptMiddlewareError, RequestTimeout, RequestTooLarge
 
 __all__ = [
+    "Background",
     "answer_lifespan",
     "json_text",
     "pushed_back",
@@ -35,6 +38,51 @@ async def answer_lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class Background:
+    """Jobs run beside an app for its lifespan (a poller, a subscriber, readiness checks).
+
+    They are stopped, and awaited, as soon as the server asks to shut down
+    (`stopping_at_shutdown`): before the app closes what they use, and before the server hears
+    that shutdown is complete. uvicorn then stops the event loop, and a job still unwinding
+    would be cancelled from outside, which uvicorn logs as a lifespan error.
+    """
+
+    def __init__(self, jobs: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        self._jobs = jobs
+        self._scope = anyio.CancelScope()
+        self._done = anyio.Event()
+        self._started = False
+
+    def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._started = True
+        task_group.start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as jobs:
+                    for job in self._jobs:
+                        jobs.start_soon(job)
+        finally:
+            self._done.set()
+
+    async def stop(self) -> None:
+        self._scope.cancel()
+        if self._started:
+            await self._done.wait()
+
+    def stopping_at_shutdown(self, receive: Receive) -> Receive:
+        """`receive` for the app: the jobs are stopped before it hears `lifespan.shutdown`."""
+
+        async def receiving() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.stop()
+            return message
+
+        return receiving
 
 
 async def read_body(

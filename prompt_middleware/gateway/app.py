@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,7 +34,7 @@ import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import observability
-from .._asgi import read_body, replay, route_path, send_error, send_json
+from .._asgi import Background, read_body, replay, route_path, send_error, send_json
 from ..core._json import draft_object, dump_json, exact_object
 from ..core.encoding import content_coding, decodable, decode_body
 from ..core.errors import InvalidApiKey, PromptMiddlewareError, PromptNotFound
@@ -354,7 +354,7 @@ class GatewayApp:
         """
         error: Exception | None = None
         jobs = [job.run for job in (self.readiness, self.coherence) if job is not None]
-        background = _Background(jobs)
+        background = Background(jobs)
         async with anyio.create_task_group() as task_group:
 
             async def started(message: Message) -> None:
@@ -371,50 +371,14 @@ class GatewayApp:
                         await self.observe.stop()
                 await send(message)
 
-            async def receiving() -> Message:
-                message = await receive()
-                if message["type"] == "lifespan.shutdown":
-                    await background.stop()
-                return message
-
             try:
-                await self.middleware(scope, receiving, started)
+                await self.middleware(scope, background.stopping_at_shutdown(receive), started)
             except Exception as exc:  # re-raised as itself, not in an ExceptionGroup
                 error = exc
             finally:
                 task_group.cancel_scope.cancel()
         if error is not None:
             raise error
-
-
-class _Background:
-    """The gateway's background work (readiness, coherence), ended before the server is told
-    that shutdown is complete: uvicorn then stops the event loop, and a task still unwinding
-    would be cancelled from outside, which uvicorn logs as a lifespan error."""
-
-    def __init__(self, jobs: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
-        self._jobs = jobs
-        self._scope = anyio.CancelScope()
-        self._done = anyio.Event()
-        self._started = False
-
-    def start(self, task_group: anyio.abc.TaskGroup) -> None:
-        self._started = True
-        task_group.start_soon(self._run)
-
-    async def _run(self) -> None:
-        try:
-            with self._scope:
-                async with anyio.create_task_group() as jobs:
-                    for job in self._jobs:
-                        jobs.start_soon(job)
-        finally:
-            self._done.set()
-
-    async def stop(self) -> None:
-        self._scope.cancel()
-        if self._started:
-            await self._done.wait()
 
 
 class _Router:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 from cachetools import LRUCache
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..._asgi import route_path
+from ..._asgi import Background, route_path
 from ...core.errors import PromptMiddlewareError
 from ..cache import CachedRegistry, CacheStats, InvalidationOrigin
 from ..langfuse import LangfuseRegistry
@@ -397,28 +397,11 @@ class CoherentApp:
         the server hears that shutdown is complete (uvicorn cancels the lifespan then).
         """
         error: Exception | None = None
-        stopped = anyio.Event()
+        background = Background([self.coherence.run])
         async with anyio.create_task_group() as task_group:
-            background = anyio.CancelScope()
-
-            async def run() -> None:
-                try:
-                    with background:
-                        await self.coherence.run()
-                finally:
-                    stopped.set()
-
-            task_group.start_soon(run)
-
-            async def receiving() -> Message:
-                message = await receive()
-                if message["type"] == "lifespan.shutdown":
-                    background.cancel()
-                    await stopped.wait()
-                return message
-
+            background.start(task_group)
             try:
-                await self.app(scope, receiving, send)
+                await self.app(scope, background.stopping_at_shutdown(receive), send)
             except Exception as exc:  # re-raised bare, not inside an ExceptionGroup
                 error = exc
             finally:
