@@ -54,7 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prompt_middleware._asgi import read_body, send_json
 from prompt_middleware.registries.coherence import SIGNATURE_HEADER, sign
 from tests.fake_langfuse import FakeLangfuse
-from tests.gateway_process import Gateway, gateway_env, serving, write_config
+from tests.gateway_process import (
+    Gateway,
+    gateway_env,
+    langfuse_gateway_config,
+    serving,
+    write_config,
+)
 from tests.redis_fixture import RedisServer
 from tests.servers import free_port
 
@@ -119,23 +125,15 @@ def config(
     langfuse: str, redis: str | None, webhook: bool, poll: float | None, db: str
 ) -> dict[str, Any]:
     """A gateway on the fake Langfuse; with Redis (database `db`), a webhook route, polling."""
-    cache: dict[str, Any] = {"ttl": 3600}
-    if redis is not None:
-        cache["redis_url"] = redis.rsplit("/", 1)[0] + "/" + db  # one database per setup
-    if poll is not None:
-        cache["poll_interval"] = poll
-    data: dict[str, Any] = {
-        "registry": {
-            "langfuse": {"host": langfuse, "public_key": KEYS[0], "secret_key": KEYS[1]},
-            "preload": [NAME],
-        },
-        "cache": cache,
-        "upstreams": {"echo": {"base_url": "echo"}},
-        "server": {"log_level": "warning"},
-    }
-    if webhook:
-        data["webhooks"] = {"langfuse": {"secrets": ["os.environ/LANGFUSE_WEBHOOK_SECRET"]}}
-    return data
+    return langfuse_gateway_config(
+        langfuse,
+        KEYS,
+        NAME,
+        ttl=3600,
+        redis_url=None if redis is None else redis.rsplit("/", 1)[0] + "/" + db,
+        poll_interval=poll,
+        webhook=webhook,
+    )
 
 
 def start(

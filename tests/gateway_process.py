@@ -124,6 +124,39 @@ def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     return path
 
 
+def langfuse_gateway_config(
+    langfuse_url: str,
+    keys: tuple[str, str],
+    preload: str,
+    *,
+    ttl: float = 600,
+    redis_url: str | None = None,
+    poll_interval: float | None = None,
+    webhook: bool = True,
+) -> dict[str, Any]:
+    """A gateway on a (fake) Langfuse that preloads `preload`, echoing upstream; with Redis,
+    polling and the signed webhook route (secret `LANGFUSE_WEBHOOK_SECRET`) as asked."""
+    cache: dict[str, Any] = {"ttl": ttl}
+    if redis_url is not None:
+        cache["redis_url"] = redis_url
+    if poll_interval is not None:
+        cache["poll_interval"] = poll_interval
+    config: dict[str, Any] = {
+        "registry": {
+            "langfuse": {"host": langfuse_url, "public_key": keys[0], "secret_key": keys[1]},
+            "preload": [preload],
+        },
+        "cache": cache,
+        "upstreams": {"echo": {"base_url": "echo"}},
+        # stderr is read once the process ends: keep it to warnings, well inside a pipe's buffer.
+        "server": {"log_level": "warning"},
+    }
+    if webhook:
+        secrets = ["os.environ/LANGFUSE_WEBHOOK_SECRET"]
+        config["webhooks"] = {"langfuse": {"path": "/webhooks/langfuse", "secrets": secrets}}
+    return config
+
+
 class SlowStream:
     """An upstream whose chat completions stream `chunks` SSE events `interval` seconds apart.
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +22,14 @@ import pytest
 from prompt_middleware.registries.coherence import sign
 
 from .fake_langfuse import FakeLangfuse
-from .gateway_process import Gateway, gateway_env, run_cli, serving, write_config
+from .gateway_process import (
+    Gateway,
+    gateway_env,
+    langfuse_gateway_config,
+    run_cli,
+    serving,
+    write_config,
+)
 from .redis_fixture import RedisServer, module_redis_server
 from .test_coherence_webhook import webhook_headers
 
@@ -36,35 +42,6 @@ POLL_KEYS = ("pk-poll", "sk-poll")
 PROJECT = "project-pk-coh"  # the fake's project id for KEYS
 PROBE = "probe"  # changed and invalidated through the CLI to learn both gateways are subscribed
 RECONNECT = 15.0  # seconds: the subscriber's backoff is capped at 5 s, plus starting up again
-
-
-def gateway_config(
-    langfuse_url: str,
-    keys: tuple[str, str],
-    *,
-    redis_url: str | None = None,
-    poll_interval: float | None = None,
-    webhook: bool = True,
-) -> dict[str, Any]:
-    cache: dict[str, Any] = {"ttl": 600}
-    if redis_url is not None:
-        cache["redis_url"] = redis_url
-    if poll_interval is not None:
-        cache["poll_interval"] = poll_interval
-    config: dict[str, Any] = {
-        "registry": {
-            "langfuse": {"host": langfuse_url, "public_key": keys[0], "secret_key": keys[1]},
-            "preload": [PROBE],
-        },
-        "cache": cache,
-        "upstreams": {"echo": {"base_url": "echo"}},
-        # stderr is read once the process ends: keep it to warnings, well inside a pipe's buffer.
-        "server": {"log_level": "warning"},
-    }
-    if webhook:
-        secrets = ["os.environ/LANGFUSE_WEBHOOK_SECRET"]
-        config["webhooks"] = {"langfuse": {"path": "/webhooks/langfuse", "secrets": secrets}}
-    return config
 
 
 class Pair:
@@ -184,7 +161,8 @@ def pair(
     fake.add_prompt(*KEYS, PROBE, "probe")
     folder = tmp_path_factory.mktemp("coherence")
     config = write_config(
-        folder / "gateway.json", gateway_config(url, KEYS, redis_url=module_redis_server.url)
+        folder / "gateway.json",
+        langfuse_gateway_config(url, KEYS, PROBE, redis_url=module_redis_server.url),
     )
     with ExitStack() as stack:
         gateways = [
@@ -342,7 +320,7 @@ def test_polling_alone_picks_up_a_change(served: tuple[FakeLangfuse, str], tmp_p
     fake.add_prompt(*POLL_KEYS, "polled", "v1")
     config = write_config(
         tmp_path / "polling.json",
-        gateway_config(url, POLL_KEYS, poll_interval=interval, webhook=False),
+        langfuse_gateway_config(url, POLL_KEYS, PROBE, poll_interval=interval, webhook=False),
     )
     body = {"model": "m", "prompt_id": "polled", "messages": []}
 
