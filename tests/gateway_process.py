@@ -118,6 +118,38 @@ def serving(
         gateway.stop()
 
 
+def worker_pids(gateway: Gateway) -> list[int]:
+    """The worker processes of a gateway with `server.workers` > 1: the children uvicorn spawned
+    (not multiprocessing's resource tracker, also a child)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or one that just ended
+        if parent == gateway.process.pid and b"spawn_main" in command:
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+@contextmanager
+def only_worker(gateway: Gateway, pid: int) -> Iterator[None]:
+    """Every other worker stopped (SIGSTOP) for the block, so that `pid` accepts every new
+    connection: the workers share one listening socket and the kernel picks among them.
+
+    Keep the block short: uvicorn kills a worker that misses its health checks for 5 s.
+    """
+    others = [other for other in worker_pids(gateway) if other != pid]
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     """`config` as a JSON file (YAML tests write their own text)."""
     path.write_text(json.dumps(config))
