@@ -39,6 +39,7 @@ from ._transport import (
     Transport,
     UpstreamResponse,
     aiohttp_available,
+    choose,
     finished_within,
 )
 
@@ -108,22 +109,15 @@ class HttptoolsTransport:
         return _Response(self, origin, connection, slots)
 
     def _proxied(self) -> Transport:
+        """The client for requests an `HTTP(S)_PROXY` applies to: aiohttp, else httpx."""
         if self._via_proxy is None:
-            if aiohttp_available():
-                from ._aiohttp import AiohttpTransport
-
-                self._via_proxy = AiohttpTransport(
-                    timeout=self._timeout, limits=self._limits, trust_env=True
-                )
-            else:
-                from ._httpx import HttpxTransport
-
-                self._via_proxy = HttpxTransport.owned(
-                    timeout=self._timeout,
-                    limits=self._limits,
-                    trust_env=True,
-                    extensions={"timeout": self._timeout.as_dict()},
-                )
+            self._via_proxy = choose(
+                "aiohttp" if aiohttp_available() else "httpx",
+                timeout=self._timeout,
+                limits=self._limits,
+                trust_env=True,
+                extensions={"timeout": self._timeout.as_dict()},
+            )
         return self._via_proxy
 
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
