@@ -238,12 +238,8 @@ class PromptMiddleware:
         prompt = cache.fresh_prompt(asked.name, version=asked.version, label=asked.label)
         if prompt is None:
             return _Pending(data, request, chosen)
-        path = scope["path"]
-        if path.endswith(CHAT_SUFFIX) or not _is_responses(path):
-            new_body = build_chat_body(data, request, prompt, self.options)
-        else:
-            new_body = build_responses_body(data, request, prompt, self.options)
-        return new_body, prompt, asked.effective_label
+        build = build_responses_body if _is_responses(scope["path"]) else build_chat_body
+        return build(data, request, prompt, self.options), prompt, asked.effective_label
 
     async def _rewrite_fetched(
         self, pending: _Pending, scope: Scope
