@@ -73,21 +73,20 @@ class PromptRef:
         non-empty text that can travel as UTF-8 (no lone surrogates), a version a positive
         integer, and version and label are not given together.
         """
-        plain = version is None and label is None  # as most requests ask: keyed by name alone
-        if plain and cls is PromptRef and name.__class__ is str:
-            known = _CHECKED.get(name)
-            if known is not None:
-                return known
-        key = name if plain else (name, version, label)
-        memo = (
-            cls is PromptRef
-            and name.__class__ is str
-            and version.__class__ in _PLAIN_VERSION
-            and label.__class__ in _PLAIN_LABEL
-            and len(name) <= _MEMO_TEXT
-            and (label is None or len(label) <= _MEMO_TEXT)
-        )
-        if memo and not plain:
+        if version is None and label is None:  # as most requests ask: keyed by name alone
+            key: str | tuple[Any, Any, Any] = name
+            memo = cls is PromptRef and name.__class__ is str and len(name) <= _MEMO_TEXT
+        else:
+            key = (name, version, label)
+            memo = (
+                cls is PromptRef
+                and name.__class__ is str
+                and version.__class__ in _PLAIN_VERSION
+                and label.__class__ in _PLAIN_LABEL
+                and len(name) <= _MEMO_TEXT
+                and (label is None or len(label) <= _MEMO_TEXT)
+            )
+        if memo:
             known = _CHECKED.get(key)
             if known is not None:  # these exact values passed the checks below before
                 return known
